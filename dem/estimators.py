@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import secrets
 import warnings
 from typing import Any
@@ -13,8 +15,9 @@ from sklearn.base import BaseEstimator, ClusterMixin, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
-from dem.core.engine import EMState, run_em
+from dem.core.engine import EMState
 from dem.core.executor import Executor
+from dem.core.fitting import RunDirectory, fit_with_restarts
 from dem.core.reduction import DEFAULT_FAN_IN
 from dem.data.partitions import PartitionedData, as_partitioned
 from dem.errors import ConfigError, DataError
@@ -28,6 +31,22 @@ from dem.models.gmm import (
 from dem.models.gmm import sample as gmm_sample
 
 CACHE_CHOICES = ("auto", True, False)
+MODEL_DIRNAME = "model.zarr"
+
+
+class EmptyComponentWarning(UserWarning):
+    """A component lost all its responsibility; it kept its previous mean and covariance."""
+
+
+def _chain(*callbacks: Any) -> Any:
+    live = [c for c in callbacks if c is not None]
+    if not live:
+        return None
+
+    def call(event: str, info: dict) -> None:
+        for c in live:
+            c(event, info)
+    return call
 
 
 def _seed_from(random_state: Any) -> int:
@@ -91,8 +110,15 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         Keep partitions in (worker) memory between iterations. ``"auto"``
         caches when the data takes at most half the cluster's memory.
     checkpoint_dir : str, optional
-        Run directory for checkpoints; a fit given a directory that already
-        holds a matching run resumes it.
+        Run directory (local path or fsspec URL) for checkpoints, history and
+        the final model (``model.zarr``). A fit given a directory that already
+        holds a matching run resumes it from its last complete checkpoint.
+    checkpoint_every : int, default=1
+        Iterations between checkpoints (the last iteration is always saved).
+    keep_checkpoints : int, default=3
+        How many of the newest checkpoints to keep.
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint) for Zarr URLs and ``checkpoint_dir``.
     missing : {"error"}, default="error"
         NaN in the data is an error naming the first offending row.
 
@@ -134,6 +160,9 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         fan_in: int = DEFAULT_FAN_IN,
         cache: Any = "auto",
         checkpoint_dir: str | None = None,
+        checkpoint_every: int = 1,
+        keep_checkpoints: int = 3,
+        storage_options: dict | None = None,
         missing: str = "error",
     ) -> None:
         self.n_components = n_components
@@ -155,6 +184,9 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         self.fan_in = fan_in
         self.cache = cache
         self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self.storage_options = storage_options
         self.missing = missing
 
     # -- validation --------------------------------------------------------
@@ -268,7 +300,7 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         return data.nbytes <= share * executor.total_memory()
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None, *,
-            variable: str | None = None, storage_options: dict | None = None) -> "GaussianMixture":
+            variable: str | None = None, callback: Any = None) -> "GaussianMixture":
         """Fit the mixture by EM.
 
         Parameters
@@ -281,37 +313,54 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
             array in the Zarr group, optional
         variable : str, optional
             Array of a Zarr group or variable of an xarray Dataset to fit.
-        storage_options : dict, optional
-            fsspec options for Zarr URLs (credentials, endpoint).
+        callback : callable, optional
+            ``callback(event, info)`` for progress displays: event
+            ``"start"`` (info: n_samples, n_features, n_partitions, n_init,
+            max_iter, resumed_from, dashboard_link), ``"iteration"`` (info:
+            restart, iteration, mean_log_likelihood, delta, seconds, resumed,
+            notes) and ``"end"`` (info: converged, n_iter, lower_bound).
 
         Returns
         -------
         self
         """
-        self._fit(X, sample_weight, variable, storage_options)
+        self._fit(X, sample_weight, variable, callback)
         return self
 
-    def _fit(self, X: Any, sample_weight: Any, variable: str | None, storage_options: dict | None) -> None:
+    def _fit(self, X: Any, sample_weight: Any, variable: str | None, callback: Any) -> None:
         self._check_hyperparameters()
-        data = self._partition(X, sample_weight, variable, storage_options)
+        data = self._partition(X, sample_weight, variable, self.storage_options)
         self._check_initial_parameters(data.n_features)
         model = self._model()
+        warm = self.warm_start and hasattr(self, "converged_")
+        if warm and self.checkpoint_dir is not None:
+            raise ConfigError("warm_start cannot be combined with checkpoint_dir: a run directory resumes by itself")
+        n_init = 1 if warm else self.n_init
+        seed = _seed_from(self.random_state)
+        run_dir = None
+        if self.checkpoint_dir is not None:
+            run_dir = RunDirectory(
+                os.fspath(self.checkpoint_dir), self._fingerprint(data), seed,
+                keep=self.keep_checkpoints, storage_options=self.storage_options,
+                seed_is_fixed=self.random_state is not None,
+            )
+            seed = run_dir.seed
         executor = Executor.resolve(self.client, fan_in=self.fan_in)
         placed = executor.place(data, self._use_cache(data, executor))
-        warm = self.warm_start and hasattr(self, "converged_")
-        n_init = 1 if warm else self.n_init
-        base_seed = _seed_from(self.random_state)
-        runner = self._runner(data, model, executor, placed, base_seed)
-        best: EMState | None = None
-        for restart in range(n_init):
-            if warm:
-                params0 = self._params()
-            else:
-                params0 = self._initial_params(model, data, placed, executor, _restart_seed(base_seed, restart))
-            state = runner(restart, params0)
-            if best is None or state.lower_bound > best.lower_bound:
-                best = state
-        assert best is not None
+        previous = self._params() if warm else None
+
+        def initial_params(restart: int) -> GMMParams:
+            if previous is not None:
+                return previous
+            return self._initial_params(model, data, placed, executor, _restart_seed(seed, restart))
+
+        result = fit_with_restarts(
+            model, data, placed, executor, n_init=n_init, initial_params=initial_params,
+            params_cls=GMMParams, max_iter=self.max_iter, tol=self.tol, run_dir=run_dir,
+            checkpoint_every=self.checkpoint_every,
+            callback=_chain(callback, self._progress_callback()),
+        )
+        best = result.best
         if not best.converged and self.max_iter > 0:
             warnings.warn(
                 f"EM did not converge in {self.max_iter} iterations (last Δ = "
@@ -321,24 +370,51 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
                 stacklevel=3,
             )
         self._set_fitted(best, data)
+        self.restarts_ = result.restarts
+        self.best_restart_ = result.best_restart
+        for rec in best.history:
+            for note in rec.notes:
+                if "empty" in note:
+                    warnings.warn(f"iteration {rec.iteration}: {note}", EmptyComponentWarning, stacklevel=3)
+        if run_dir is not None:
+            self._write_run_outputs(run_dir)
 
-    def _runner(self, data: PartitionedData, model: GaussianMixtureModel, executor: Executor,
-                placed: list, base_seed: int):
-        def run(restart: int, params0: GMMParams) -> EMState:
-            return run_em(model, data, placed, executor, EMState(params0),
-                          max_iter=self.max_iter, tol=self.tol,
-                          on_iteration=self._progress_callback(restart))
-        return run
+    def _fingerprint(self, data: PartitionedData) -> dict[str, Any]:
+        def digest(v: Any) -> str | None:
+            if v is None:
+                return None
+            return hashlib.sha256(np.ascontiguousarray(np.asarray(v, dtype=np.float64)).tobytes()).hexdigest()[:16]
 
-    def _progress_callback(self, restart: int):
+        return {
+            "data": data.fingerprint(),
+            "settings": {
+                "model": "gmm", "n_components": int(self.n_components),
+                "covariance_type": self.covariance_type, "reg_covar": float(self.reg_covar),
+                "n_init": int(self.n_init), "init_params": self.init_params,
+                "weights_init": digest(self.weights_init), "means_init": digest(self.means_init),
+                "precisions_init": digest(self.precisions_init),
+                "partitions": [len(data.bounds), data.bounds[0][1] - data.bounds[0][0]],
+                "fan_in": int(self.fan_in),
+            },
+        }
+
+    def _write_run_outputs(self, run_dir: RunDirectory) -> None:
+        store = run_dir.store
+        store.write_json(self.history_, "history.json")
+        self.save(store.url.rstrip("/") + "/" + MODEL_DIRNAME, storage_options=self.storage_options)
+
+    def _progress_callback(self):
         if not self.verbose:
             return None
 
-        def show(state: EMState) -> None:
-            rec = state.history[-1]
-            if rec.iteration % max(1, self.verbose_interval) == 0 or rec.iteration == 1 or state.converged:
-                print(f"init {restart} iteration {rec.iteration}: mean log-likelihood "
-                      f"{rec.mean_log_likelihood:.6f}  Δ {rec.delta:.3g}  {rec.seconds:.2f}s")
+        def show(event: str, info: dict) -> None:
+            if event != "iteration":
+                return
+            it = info["iteration"]
+            if it % max(1, self.verbose_interval) == 0 or it == 1:
+                print(f"init {info['restart']} iteration {it}: mean log-likelihood "
+                      f"{info['mean_log_likelihood']:.6f}  Δ {info['delta'] if info['delta'] is not None else float('inf'):.3g}"
+                      f"  {info['seconds']:.2f}s")
         return show
 
     def _set_fitted(self, state: EMState, data: PartitionedData) -> None:

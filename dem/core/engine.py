@@ -20,6 +20,7 @@ import warnings
 from typing import Any, Callable
 
 from dem.core.executor import Executor
+from dem.core.faults import maybe_crash
 from dem.data.partitions import PartitionedData
 from dem.models.base import EMModel, SufficientStats
 
@@ -112,6 +113,7 @@ def run_em(
         t0 = time.perf_counter()
         stats = executor.map_reduce(task, params, placed, data.bounds)
         ll = stats.mean_log_likelihood
+        maybe_crash("m-step")
         new_params = model.m_step(stats, params)
         it += 1
         delta = ll - prev

@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 from threadpoolctl import threadpool_limits
 
+from dem.core.faults import maybe_crash
 from dem.core.reduction import DEFAULT_FAN_IN, add_in_order, tree_reduce
 from dem.data.partitions import PartitionedData, ZarrRows, read_block
 
@@ -25,6 +26,7 @@ BlockFunction = Callable[[Any, np.ndarray, "np.ndarray | None", int], Any]
 def _run_block(fn: BlockFunction, shared: Any, x_ref: Any, w_ref: Any, start: int, stop: int) -> Any:
     X = read_block(x_ref, start, stop)
     w = None if w_ref is None else read_block(w_ref, start, stop)
+    maybe_crash("e-step")
     return fn(shared, X, w, start)
 
 
@@ -33,6 +35,7 @@ def _read_pair(x_ref: Any, w_ref: Any, start: int, stop: int) -> tuple:
 
 
 def _run_cached(fn: BlockFunction, shared: Any, pair: tuple, start: int) -> Any:
+    maybe_crash("e-step")
     return fn(shared, pair[0], pair[1], start)
 
 

@@ -1,0 +1,62 @@
+"""Shared fixtures: seeded generators, tiny datasets, one real process cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+#: Ground truth of the ``blobs`` dataset: three well-separated 3-D Gaussians.
+BLOB_MEANS = np.array([[0.0, 0.0, 0.0], [8.0, 8.0, 0.0], [-8.0, 6.0, 5.0]])
+BLOB_WEIGHTS = np.array([0.5, 0.3, 0.2])
+
+
+def make_blobs(n: int, seed: int, means: np.ndarray = BLOB_MEANS,
+               weights: np.ndarray = BLOB_WEIGHTS) -> tuple[np.ndarray, np.ndarray]:
+    """Rows from a mixture with correlated covariances, and their true labels."""
+    rng = np.random.default_rng(seed)
+    K, D = means.shape
+    labels = rng.choice(K, size=n, p=weights)
+    X = np.empty((n, D))
+    for k in range(K):
+        A = rng.normal(size=(D, D)) * 0.4 + np.eye(D) * (0.6 + 0.3 * k)
+        idx = labels == k
+        X[idx] = means[k] + rng.normal(size=(idx.sum(), D)) @ A.T
+    return X, labels
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20240611)
+
+
+@pytest.fixture(scope="session")
+def blobs() -> tuple[np.ndarray, np.ndarray]:
+    """1600 rows, 3 features, 3 components (labels are the ground truth)."""
+    return make_blobs(1600, seed=7)
+
+
+@pytest.fixture(scope="session")
+def overlapping() -> np.ndarray:
+    """600 rows, 2 features, from overlapping components: EM needs many iterations."""
+    X, _ = make_blobs(600, seed=11, means=np.array([[0.0, 0.0], [1.5, 0.5], [0.2, 2.0]]),
+                      weights=np.array([0.4, 0.35, 0.25]))
+    return X
+
+
+@pytest.fixture(scope="session")
+def local_cluster_client():
+    """A real 2-process ``LocalCluster`` and a client that is *not* the default.
+
+    Tests pass it explicitly (``client=``) or activate it with
+    ``client.as_current()``, so other tests keep dem's local scheduler.
+    """
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
