@@ -84,10 +84,12 @@ class GMMParams:
 class GMMStats(SufficientStats):
     """Sufficient statistics of a Gaussian mixture, accumulated in float64.
 
-    ``first_moment[k] = Σ w r_k (x - m_k)`` and ``second_moment`` is taken about
-    the same per-component shift ``m_k`` (the E-step's means); for ``tied`` it
-    is ``Σ w (x - c)(x - c)ᵀ`` about the overall shift ``c`` instead, which is
-    all the tied M-step needs.
+    All moments are about the shift ``c`` of the E-step's parameters (the
+    mixture mean, known to every worker), never raw ``Σ r x xᵀ``:
+    ``first_moment[k] = Σ w r_k (x − c)``; ``second_moment`` is
+    ``Σ w r_k (x − c)(x − c)ᵀ`` packed as the upper triangle (full, (K, P)),
+    its diagonal (diag, (K, D)), its trace (spherical, (K,)), or
+    ``Σ w (x − c)(x − c)ᵀ`` (tied, (D, D)).
     """
 
     resp_sum: np.ndarray
@@ -95,10 +97,37 @@ class GMMStats(SufficientStats):
     second_moment: np.ndarray
 
 
-def _block_rows(n_components: int, n_features: int) -> int:
-    # Keep the block × K × D float64 temporary near 2 MB (L2-ish), so the
-    # exp/log and weighting passes stay in cache.
-    return int(max(256, min(16384, (1 << 18) // max(1, n_components * n_features))))
+def _block_rows(n_components: int, n_features: int, covariance_type: str) -> int:
+    # Keep the (columns × block) float64 temporaries near 4 MB, so the
+    # exp/log and packing passes stay in cache while GEMMs see long inner
+    # dimensions. Columns: D(D+1)/2 packed products for full, else D or K.
+    width = n_features * (n_features + 1) // 2 if covariance_type == "full" else n_features
+    return int(max(256, min(8192, (1 << 19) // max(1, width, n_components))))
+
+
+def packed_outer(XcT: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Upper-triangle products ``x_i x_j`` (i <= j) of each column of ``XcT`` (D, B).
+
+    Rows follow ``np.triu_indices(D)`` order; built row by row so writes are
+    contiguous.
+    """
+    D, B = XcT.shape
+    if out is None:
+        out = np.empty((D * (D + 1) // 2, B), dtype=XcT.dtype)
+    o = 0
+    for i in range(D):
+        np.multiply(XcT[i], XcT[i:], out=out[o : o + D - i])
+        o += D - i
+    return out
+
+
+def unpack_symmetric(packed: np.ndarray, n_features: int) -> np.ndarray:
+    """(…, D(D+1)/2) upper-triangle rows → (…, D, D) symmetric matrices."""
+    iu = np.triu_indices(n_features)
+    out = np.zeros(packed.shape[:-1] + (n_features, n_features))
+    out[..., iu[0], iu[1]] = packed
+    out[..., iu[1], iu[0]] = packed
+    return out
 
 
 def compute_precision_cholesky(
@@ -187,15 +216,13 @@ def _log_det_cholesky(
 
 @dataclasses.dataclass(frozen=True)
 class _Prepared:
-    """Per-parameter quantities every block of an E-step reuses."""
+    """Per-parameter quantities every block of an E-step reuses (transposed layout)."""
 
-    shift: np.ndarray          # (D,) overall centre c
-    centred_means: np.ndarray  # (K, D) m_k - c
-    log_weights: np.ndarray    # (K,)
-    const: np.ndarray          # (K,) log det - D/2 log 2π + log w
-    whiten: np.ndarray         # full: (D, K·D); tied: (D, D); diag: (K, D) precisions; spherical: (K,)
-    whitened_means: np.ndarray  # full: (K·D,); tied: (K, D); diag: (K, D) m·p; spherical: (K, D)
-    mean_term: np.ndarray      # (K,) for tied/diag/spherical expansions
+    shift: np.ndarray      # (D, 1) overall centre c
+    const: np.ndarray      # (K, 1) log w + log det - D/2 log 2π - ½·(mean term)
+    quad: np.ndarray       # full: (K, P) packed precisions; tied: (D, D) Uᵀ; diag: (K, D); spherical: (K, 1)
+    linear: np.ndarray     # (K, D) or (K, D) in whitened space for tied
+    rows: int              # block size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +235,16 @@ class GaussianMixtureModel:
     covariance_type : {"full", "tied", "diag", "spherical"}
     reg_covar : float
         Added to the diagonal of every covariance in the M-step.
+
+    Notes
+    -----
+    Blocks are processed transposed, (features × rows), so every product is
+    a GEMM with a long inner dimension. For ``full`` the Mahalanobis term is
+    expanded, ``(x−μ)ᵀΛ(x−μ) = xᵀΛx − 2μᵀΛx + μᵀΛμ`` with ``x`` centred on
+    the shared shift, using the packed outer products of ``x``; the same
+    packed products give the second moments as one GEMM with the
+    responsibilities. That is about half the flops of whitening each
+    component and avoids ``rows × K × D`` temporaries.
     """
 
     n_components: int
@@ -225,58 +262,70 @@ class GaussianMixtureModel:
             log_weights = np.log(params.weights)
         pc = params.precisions_cholesky
         logdet = _log_det_cholesky(pc, ct, D)
-        const = logdet - 0.5 * D * _LOG_2PI + log_weights
         if ct == "full":
-            whiten = np.ascontiguousarray(pc.transpose(1, 0, 2).reshape(D, K * D))
-            wm = np.einsum("kd,kde->ke", cm, pc).reshape(K * D)
-            mean_term = np.zeros(K)
+            prec = np.einsum("kij,klj->kil", pc, pc)
+            iu = np.triu_indices(D)
+            quad = prec[:, iu[0], iu[1]] * np.where(iu[0] == iu[1], 1.0, 2.0)
+            pm = np.einsum("kij,kj->ki", prec, cm)
+            linear = -2.0 * pm
+            mean_term = (pm * cm).sum(axis=1)
         elif ct == "tied":
-            whiten = pc
+            quad = np.ascontiguousarray(pc.T)
             wm = cm @ pc
+            linear = -2.0 * wm
             mean_term = (wm * wm).sum(axis=1)
         elif ct == "diag":
-            prec = pc**2
-            whiten = prec
-            wm = cm * prec
-            mean_term = (cm * cm * prec).sum(axis=1)
+            quad = pc**2
+            linear = -2.0 * cm * quad
+            mean_term = (cm * cm * quad).sum(axis=1)
         else:
             prec = pc**2
-            whiten = prec
-            wm = cm
+            quad = prec[:, None]
+            linear = -2.0 * cm * prec[:, None]
             mean_term = (cm * cm).sum(axis=1) * prec
-        return _Prepared(shift, cm, log_weights, np.asarray(const, float), whiten, wm, mean_term)
+        const = log_weights + logdet - 0.5 * D * _LOG_2PI - 0.5 * mean_term
+        return _Prepared(shift[:, None], np.asarray(const, float)[:, None], quad, linear,
+                         _block_rows(K, D, ct))
 
-    def _weighted_log_prob_centred(self, prep: _Prepared, Xc: np.ndarray) -> np.ndarray:
-        """log w_k + log N(x | m_k, Σ_k) for rows already centred on the shift."""
+    def _centred_block(self, prep: _Prepared, X: np.ndarray, a: int, b: int) -> np.ndarray:
+        """Rows a:b of X, centred on the shift, as a contiguous float64 (D, rows) array."""
+        XcT = np.asarray(X[a:b], dtype=np.float64).T - prep.shift
+        return np.ascontiguousarray(XcT)
+
+    def _log_prob_T(self, prep: _Prepared, XcT: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(K, rows) weighted log-densities, and the block's second-moment rows.
+
+        The second return value is what the statistics need from the same
+        pass: packed products (full), squares (diag), squared norms
+        (spherical) or None (tied).
+        """
         ct = self.covariance_type
-        n, D = Xc.shape
-        K = self.n_components
         if ct == "full":
-            Y = Xc @ prep.whiten
-            Y -= prep.whitened_means
-            Y *= Y
-            maha = Y.reshape(n, K, D).sum(axis=2)
+            moments = packed_outer(XcT)
+            maha = prep.quad @ moments
         elif ct == "tied":
-            Y = Xc @ prep.whiten
-            maha = (Y * Y).sum(axis=1)[:, None] - 2.0 * (Y @ prep.whitened_means.T)
-            maha += prep.mean_term
+            YT = prep.quad @ XcT
+            maha = (YT * YT).sum(axis=0)[None, :] + np.zeros((self.n_components, 1))
+            maha += prep.linear @ YT
+            return prep.const - 0.5 * maha, None
         elif ct == "diag":
-            maha = (Xc * Xc) @ prep.whiten.T - 2.0 * (Xc @ prep.whitened_means.T)
-            maha += prep.mean_term
+            moments = XcT * XcT
+            maha = prep.quad @ moments
         else:
-            sq = (Xc * Xc).sum(axis=1)[:, None] - 2.0 * (Xc @ prep.whitened_means.T)
-            maha = sq * prep.whiten + prep.mean_term
-        return prep.const - 0.5 * maha
+            moments = (XcT * XcT).sum(axis=0)
+            maha = prep.quad * moments[None, :]
+        maha += prep.linear @ XcT
+        maha *= -0.5
+        maha += prep.const
+        return maha, moments
 
     def weighted_log_prob(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
         """``log w_k + log N(x_n | μ_k, Σ_k)`` for every row and component, (n, K)."""
         prep = self._prepare(params)
-        X = np.asarray(X)
         out = np.empty((X.shape[0], self.n_components))
-        step = _block_rows(self.n_components, params.n_features)
-        for a in range(0, X.shape[0], step):
-            Xc = np.asarray(X[a : a + step], dtype=np.float64) - prep.shift
-            out[a : a + step] = self._weighted_log_prob_centred(prep, Xc)
+        for a in range(0, X.shape[0], prep.rows):
+            lp, _ = self._log_prob_T(prep, self._centred_block(prep, X, a, a + prep.rows))
+            out[a : a + prep.rows] = lp.T
         return out
 
     def score_samples(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
@@ -294,55 +343,40 @@ class GaussianMixtureModel:
 
     # -- statistics --------------------------------------------------------
 
+    def _moment_width(self, n_features: int) -> tuple[int, ...]:
+        D = n_features
+        return {"full": (D * (D + 1) // 2,), "tied": (D, D), "diag": (D,), "spherical": ()}[self.covariance_type]
+
     def zero_stats(self, n_features: int) -> GMMStats:
-        K, D = self.n_components, n_features
-        shapes = {
-            "full": (K, D, D),
-            "tied": (D, D),
-            "diag": (K, D),
-            "spherical": (K,),
-        }
+        K = self.n_components
+        second = (self._moment_width(n_features) if self.covariance_type == "tied"
+                  else (K,) + self._moment_width(n_features))
         return GMMStats(
             n_rows=0.0,
             weight_sum=0.0,
             log_likelihood=0.0,
             resp_sum=np.zeros(K),
-            first_moment=np.zeros((K, D)),
-            second_moment=np.zeros(shapes[self.covariance_type]),
+            first_moment=np.zeros((K, n_features)),
+            second_moment=np.zeros(second),
         )
-
-    def _accumulate(
-        self,
-        acc: dict,
-        Xc: np.ndarray,
-        rw: np.ndarray,
-        centred_means: np.ndarray,
-        w: np.ndarray | None,
-    ) -> None:
-        """Add one block's moments; ``rw`` are weighted responsibilities."""
-        ct = self.covariance_type
-        nk = rw.sum(axis=0)
-        acc["resp_sum"] += nk
-        # Σ r (x - m_k) = rᵀ(x - c) - n_k (m_k - c): both sides share the shift c.
-        acc["first_moment"] += rw.T @ Xc - nk[:, None] * centred_means
-        if ct == "tied":
-            Xw = Xc if w is None else Xc * w[:, None]
-            acc["second_moment"] += Xw.T @ Xc
-            return
-        S2 = acc["second_moment"]
-        for k in range(self.n_components):
-            d = Xc - centred_means[k]
-            if ct == "full":
-                S2[k] += (d * rw[:, k, None]).T @ d
-            elif ct == "diag":
-                S2[k] += rw[:, k] @ (d * d)
-            else:
-                S2[k] += rw[:, k] @ (d * d).sum(axis=1)
 
     def _new_acc(self, n_features: int) -> dict:
         zero = self.zero_stats(n_features)
         return {f.name: np.array(getattr(zero, f.name), dtype=np.float64)
                 for f in dataclasses.fields(zero)}
+
+    def _accumulate(self, acc: dict, XcT: np.ndarray, moments: np.ndarray | None,
+                    RT: np.ndarray, w: np.ndarray | None) -> None:
+        """Add one block's moments; ``RT`` (K, rows) are weighted responsibilities."""
+        acc["n_rows"] += XcT.shape[1]
+        acc["weight_sum"] += XcT.shape[1] if w is None else w.sum()
+        acc["resp_sum"] += RT.sum(axis=1)
+        acc["first_moment"] += RT @ XcT.T
+        if self.covariance_type == "tied":
+            XwT = XcT if w is None else XcT * w[None, :]
+            acc["second_moment"] += XwT @ XcT.T
+        else:
+            acc["second_moment"] += RT @ moments.T
 
     @staticmethod
     def _finish(acc: dict) -> GMMStats:
@@ -365,26 +399,25 @@ class GaussianMixtureModel:
         n, D = X.shape
         prep = self._prepare(params)
         acc = self._new_acc(D)
-        step = _block_rows(self.n_components, D)
-        for a in range(0, n, step):
-            Xc = np.asarray(X[a : a + step], dtype=np.float64) - prep.shift
-            w = None if sample_weight is None else np.asarray(
-                sample_weight[a : a + step], dtype=np.float64
-            )
-            lp = self._weighted_log_prob_centred(prep, Xc)
-            lse = logsumexp(lp, axis=1)
+        for a in range(0, n, prep.rows):
+            XcT = self._centred_block(prep, X, a, a + prep.rows)
+            lp, moments = self._log_prob_T(prep, XcT)
+            top = lp.max(axis=0)
+            lp -= top
+            np.exp(lp, out=lp)
+            total = lp.sum(axis=0)
+            lse = np.log(total) + top
             if not np.isfinite(lse).all():
                 _raise_non_finite(X, a, lse, row_offset)
-            rw = np.exp(lp - lse[:, None])
-            if w is None:
+            lp /= total  # responsibilities, (K, rows)
+            w = None
+            if sample_weight is None:
                 acc["log_likelihood"] += lse.sum()
-                acc["weight_sum"] += Xc.shape[0]
             else:
-                acc["log_likelihood"] += w @ lse
-                acc["weight_sum"] += w.sum()
-                rw *= w[:, None]
-            acc["n_rows"] += Xc.shape[0]
-            self._accumulate(acc, Xc, rw, prep.centred_means, w)
+                w = np.asarray(sample_weight[a : a + prep.rows], dtype=np.float64)
+                acc["log_likelihood"] += lse @ w
+                lp *= w
+            self._accumulate(acc, XcT, moments, lp, w)
         return self._finish(acc)
 
     def assignment_stats(
@@ -405,34 +438,31 @@ class GaussianMixtureModel:
         with ``seed`` (which the caller makes unique per partition).
         """
         n, D = X.shape
-        shift = params.shift
-        cm = params.means - shift
+        prep = self._prepare(params)
+        cm = params.means - params.shift
+        cm_sq = (cm * cm).sum(axis=1)[:, None]
         acc = self._new_acc(D)
         rng = np.random.default_rng(list(seed))
-        step = _block_rows(self.n_components, D)
-        cm_sq = (cm * cm).sum(axis=1)
-        for a in range(0, n, step):
-            Xc = np.asarray(X[a : a + step], dtype=np.float64) - shift
-            if not np.isfinite(Xc).all():
-                _raise_non_finite(X, a, Xc.sum(axis=1), row_offset)
-            m = Xc.shape[0]
+        K = self.n_components
+        for a in range(0, n, prep.rows):
+            XcT = self._centred_block(prep, X, a, a + prep.rows)
+            if not np.isfinite(XcT).all():
+                _raise_non_finite(X, a, XcT.sum(axis=0), row_offset)
+            m = XcT.shape[1]
             if responsibilities == "nearest":
-                dist = cm_sq - 2.0 * (Xc @ cm.T)
-                r = np.zeros((m, self.n_components))
-                r[np.arange(m), dist.argmin(axis=1)] = 1.0
+                RT = np.zeros((K, m))
+                RT[(cm_sq - 2.0 * (cm @ XcT)).argmin(axis=0), np.arange(m)] = 1.0
             else:
-                r = rng.uniform(size=(m, self.n_components))
-                r /= r.sum(axis=1, keepdims=True)
-            w = None if sample_weight is None else np.asarray(
-                sample_weight[a : a + step], dtype=np.float64
-            )
-            if w is not None:
-                r *= w[:, None]
-                acc["weight_sum"] += w.sum()
-            else:
-                acc["weight_sum"] += m
-            acc["n_rows"] += m
-            self._accumulate(acc, Xc, r, cm, w)
+                RT = rng.uniform(size=(K, m))
+                RT /= RT.sum(axis=0)
+            w = None
+            if sample_weight is not None:
+                w = np.asarray(sample_weight[a : a + prep.rows], dtype=np.float64)
+                RT *= w
+            ct = self.covariance_type
+            moments = (packed_outer(XcT) if ct == "full" else XcT * XcT if ct == "diag"
+                       else (XcT * XcT).sum(axis=0) if ct == "spherical" else None)
+            self._accumulate(acc, XcT, moments, RT, w)
         return self._finish(acc)
 
     # -- M-step ------------------------------------------------------------
@@ -451,34 +481,30 @@ class GaussianMixtureModel:
         total = float(stats.weight_sum)
         empty = nk < 10.0 * _EPS * total
         safe_nk = np.where(empty, 1.0, nk)
-        delta = stats.first_moment / safe_nk[:, None]  # μ_k - m_k
-        means = np.where(empty[:, None], params.means, params.means + delta)
+        S1 = stats.first_moment
+        delta = S1 / safe_nk[:, None]  # μ_k − c
+        means = np.where(empty[:, None], params.means, params.shift + delta)
 
+        # Covariances about the new means: (S2 − S1 S1ᵀ / n_k) / n_k, all about c.
         if ct == "full":
-            cov = (
-                stats.second_moment
-                - np.einsum("ki,kj->kij", stats.first_moment, stats.first_moment)
-                / safe_nk[:, None, None]
-            ) / safe_nk[:, None, None]
-            cov = 0.5 * (cov + cov.transpose(0, 2, 1))
+            S2 = unpack_symmetric(stats.second_moment, D)
+            cov = (S2 - np.einsum("ki,kj->kij", S1, S1) / safe_nk[:, None, None]) / safe_nk[:, None, None]
             cov[:, np.arange(D), np.arange(D)] += self.reg_covar
             cov = np.where(empty[:, None, None], params.covariances, cov)
         elif ct == "tied":
-            d = means - params.shift  # about the overall shift of the E-step
             live = ~empty
             scatter = stats.second_moment - np.einsum(
-                "k,ki,kj->ij", nk[live], d[live], d[live]
+                "ki,kj->ij", S1[live], S1[live] / safe_nk[live, None]
             )
             cov = scatter / nk.sum()
             cov = 0.5 * (cov + cov.T)
             cov[np.arange(D), np.arange(D)] += self.reg_covar
         elif ct == "diag":
-            var = (stats.second_moment - stats.first_moment**2 / safe_nk[:, None]) / safe_nk[:, None]
+            var = (stats.second_moment - S1**2 / safe_nk[:, None]) / safe_nk[:, None]
             cov = np.maximum(var, 0.0) + self.reg_covar
             cov = np.where(empty[:, None], params.covariances, cov)
         else:
-            sq = (stats.first_moment**2).sum(axis=1)
-            var = (stats.second_moment - sq / safe_nk) / safe_nk / D
+            var = (stats.second_moment - (S1**2).sum(axis=1) / safe_nk) / safe_nk / D
             cov = np.maximum(var, 0.0) + self.reg_covar
             cov = np.where(empty, params.covariances, cov)
 
