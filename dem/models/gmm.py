@@ -223,6 +223,14 @@ class _Prepared:
     quad: np.ndarray       # full: (K, P) packed precisions; tied: (D, D) Uᵀ; diag: (K, D); spherical: (K, 1)
     linear: np.ndarray     # (K, D) or (K, D) in whitened space for tied
     rows: int              # block size
+    dtype: np.dtype        # float32 for float32 data, else float64
+
+    def astype(self, dtype: np.dtype) -> "_Prepared":
+        if dtype == self.dtype:
+            return self
+        cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+        return _Prepared(cast(self.shift), cast(self.const), cast(self.quad), cast(self.linear),
+                         self.rows, np.dtype(dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,11 +293,18 @@ class GaussianMixtureModel:
             mean_term = (cm * cm).sum(axis=1) * prec
         const = log_weights + logdet - 0.5 * D * _LOG_2PI - 0.5 * mean_term
         return _Prepared(shift[:, None], np.asarray(const, float)[:, None], quad, linear,
-                         _block_rows(K, D, ct))
+                         _block_rows(K, D, ct), np.dtype(np.float64))
+
+    @staticmethod
+    def _work_dtype(X: np.ndarray) -> np.dtype:
+        # float32 data keeps float32 arithmetic inside a block (SGEMM runs at
+        # twice the DGEMM rate); everything is accumulated across blocks in
+        # float64.
+        return np.dtype(np.float32) if np.asarray(X[:0]).dtype == np.float32 else np.dtype(np.float64)
 
     def _centred_block(self, prep: _Prepared, X: np.ndarray, a: int, b: int) -> np.ndarray:
-        """Rows a:b of X, centred on the shift, as a contiguous float64 (D, rows) array."""
-        XcT = np.asarray(X[a:b], dtype=np.float64).T - prep.shift
+        """Rows a:b of X, centred on the shift, as a contiguous (D, rows) array of prep.dtype."""
+        XcT = np.asarray(X[a:b], dtype=prep.dtype).T - prep.shift
         return np.ascontiguousarray(XcT)
 
     def _log_prob_T(self, prep: _Prepared, XcT: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -305,7 +320,7 @@ class GaussianMixtureModel:
             maha = prep.quad @ moments
         elif ct == "tied":
             YT = prep.quad @ XcT
-            maha = (YT * YT).sum(axis=0)[None, :] + np.zeros((self.n_components, 1))
+            maha = (YT * YT).sum(axis=0)[None, :] + np.zeros((self.n_components, 1), dtype=YT.dtype)
             maha += prep.linear @ YT
             return prep.const - 0.5 * maha, None
         elif ct == "diag":
@@ -321,7 +336,7 @@ class GaussianMixtureModel:
 
     def weighted_log_prob(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
         """``log w_k + log N(x_n | μ_k, Σ_k)`` for every row and component, (n, K)."""
-        prep = self._prepare(params)
+        prep = self._prepare(params)  # float64 throughout: outputs are user-facing
         out = np.empty((X.shape[0], self.n_components))
         for a in range(0, X.shape[0], prep.rows):
             lp, _ = self._log_prob_T(prep, self._centred_block(prep, X, a, a + prep.rows))
@@ -370,10 +385,10 @@ class GaussianMixtureModel:
         """Add one block's moments; ``RT`` (K, rows) are weighted responsibilities."""
         acc["n_rows"] += XcT.shape[1]
         acc["weight_sum"] += XcT.shape[1] if w is None else w.sum()
-        acc["resp_sum"] += RT.sum(axis=1)
+        acc["resp_sum"] += RT.sum(axis=1, dtype=np.float64)
         acc["first_moment"] += RT @ XcT.T
         if self.covariance_type == "tied":
-            XwT = XcT if w is None else XcT * w[None, :]
+            XwT = XcT if w is None else XcT * w.astype(XcT.dtype, copy=False)[None, :]
             acc["second_moment"] += XwT @ XcT.T
         else:
             acc["second_moment"] += RT @ moments.T
@@ -397,7 +412,7 @@ class GaussianMixtureModel:
             If the block holds NaN or inf (naming the global row).
         """
         n, D = X.shape
-        prep = self._prepare(params)
+        prep = self._prepare(params).astype(self._work_dtype(X))
         acc = self._new_acc(D)
         for a in range(0, n, prep.rows):
             XcT = self._centred_block(prep, X, a, a + prep.rows)
@@ -406,7 +421,7 @@ class GaussianMixtureModel:
             lp -= top
             np.exp(lp, out=lp)
             total = lp.sum(axis=0)
-            lse = np.log(total) + top
+            lse = np.log(total, dtype=np.float64) + top
             if not np.isfinite(lse).all():
                 _raise_non_finite(X, a, lse, row_offset)
             lp /= total  # responsibilities, (K, rows)
@@ -416,7 +431,7 @@ class GaussianMixtureModel:
             else:
                 w = np.asarray(sample_weight[a : a + prep.rows], dtype=np.float64)
                 acc["log_likelihood"] += lse @ w
-                lp *= w
+                lp *= w.astype(lp.dtype, copy=False)
             self._accumulate(acc, XcT, moments, lp, w)
         return self._finish(acc)
 
