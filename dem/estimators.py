@@ -249,9 +249,13 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
     # -- fitting -----------------------------------------------------------
 
     def _partition(self, X: Any, sample_weight: Any, variable: str | None,
-                   storage_options: dict | None) -> PartitionedData:
-        data = as_partitioned(X, sample_weight, self.partition_rows, variable=variable,
-                              storage_options=storage_options)
+                   storage_options: dict | None, executor: Executor | None = None,
+                   partition_rows: int | None = None) -> PartitionedData:
+        data = as_partitioned(
+            X, sample_weight, partition_rows or self.partition_rows, variable=variable,
+            storage_options=storage_options,
+            memory_per_thread=None if executor is None else executor.memory_per_thread(),
+        )
         if data.n_samples < self.n_components:
             raise DataError(
                 f"X has {data.n_samples} samples, fewer than n_components={self.n_components}"
@@ -329,7 +333,12 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
 
     def _fit(self, X: Any, sample_weight: Any, variable: str | None, callback: Any) -> None:
         self._check_hyperparameters()
-        data = self._partition(X, sample_weight, variable, self.storage_options)
+        executor = Executor.resolve(self.client, fan_in=self.fan_in)
+        # A resumed run keeps the partitioning it started with, whatever cluster it resumes on.
+        saved_rows = None
+        if self.checkpoint_dir is not None and self.partition_rows is None:
+            saved_rows = RunDirectory.saved_partition_rows(os.fspath(self.checkpoint_dir), self.storage_options)
+        data = self._partition(X, sample_weight, variable, self.storage_options, executor, saved_rows)
         self._check_initial_parameters(data.n_features)
         model = self._model()
         warm = self.warm_start and hasattr(self, "converged_")
@@ -345,7 +354,6 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
                 seed_is_fixed=self.random_state is not None,
             )
             seed = run_dir.seed
-        executor = Executor.resolve(self.client, fan_in=self.fan_in)
         placed = executor.place(data, self._use_cache(data, executor))
         previous = self._params() if warm else None
 

@@ -76,6 +76,17 @@ class Executor:
     def dashboard_link(self) -> str | None:
         return getattr(self.client, "dashboard_link", None) if self.client is not None else None
 
+    def memory_per_thread(self) -> int:
+        """Smallest worker memory limit divided by its threads (local: RAM / CPUs)."""
+        if self.client is not None:
+            info = self.client.scheduler_info(n_workers=-1) if _accepts_n_workers(self.client) else self.client.scheduler_info()
+            shares = [(w.get("memory_limit") or 0) // max(1, w.get("nthreads") or 1)
+                      for w in info["workers"].values()]
+            shares = [s for s in shares if s]
+            if shares:
+                return int(min(shares))
+        return int(psutil.virtual_memory().total // self._threads())
+
     def total_memory(self) -> int:
         """Memory the data could be cached in: workers' limits, or this machine's available RAM."""
         if self.client is not None:

@@ -84,8 +84,19 @@ class RunDirectory:
                     + "; ".join(diffs) + " (use a new run directory, or only change max_iter/tol)"
                 )
         else:
-            self.store.write_json({"fingerprint": fingerprint, "seed": seed}, RUN_FILE)
+            partitions = fingerprint.get("settings", {}).get("partitions", [None, None])
+            self.store.write_json({"fingerprint": fingerprint, "seed": seed,
+                                   "partition_rows": partitions[1]}, RUN_FILE)
         self.seed = seed
+
+    @staticmethod
+    def saved_partition_rows(url: str, storage_options: dict | None = None) -> int | None:
+        """Rows per partition of the run already in ``url``, if there is one."""
+        store = RunStore(url, storage_options)
+        try:
+            return store.read_json(RUN_FILE).get("partition_rows")
+        except Exception:
+            return None
 
     def load(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
         found = self.checkpointer.load_latest()
