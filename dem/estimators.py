@@ -11,7 +11,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from sklearn.base import BaseEstimator, ClusterMixin, DensityMixin
+from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
@@ -66,7 +66,7 @@ def _restart_seed(base: int, restart: int) -> int:
     return int(np.random.SeedSequence([base, restart]).generate_state(2, np.uint64)[0] >> 1)
 
 
-class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
+class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture fitted by EM on data of any size, on a Dask cluster.
 
     Parameters follow :class:`sklearn.mixture.GaussianMixture`; the fitted
@@ -471,7 +471,11 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
                 out = X.map_blocks(fn_block, params, model, what, drop_axis=1,
                                    dtype=np.int64 if what == "predict" else np.float64)
         else:
+            if hasattr(X, "tocsr"):
+                raise DataError("sparse input is not supported: pass a dense array")
             arr = np.asarray(X)
+            if arr.dtype == object:
+                arr = arr.astype(np.float64)
             self._check_features(arr.shape)
             if not np.isfinite(arr).all():
                 row = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
@@ -486,9 +490,12 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
 
     def _check_features(self, shape: tuple) -> None:
         if len(shape) != 2:
-            raise DataError(f"X must be 2-D (sample, feature); got shape {tuple(shape)}")
+            raise DataError(f"X must be 2-D (sample, feature); got shape {tuple(shape)}"
+                            + ("; Reshape your data with X.reshape(-1, 1) if it has a single feature"
+                               if len(shape) == 1 else ""))
         if shape[1] != self.n_features_in_:
-            raise DataError(f"X has {shape[1]} features, but the model was fitted on {self.n_features_in_}")
+            raise DataError(f"X has {shape[1]} features, but GaussianMixture is expecting "
+                            f"{self.n_features_in_} features as input")
 
     def score_samples(self, X: Any) -> Any:
         """Log-likelihood of each sample (numpy in, numpy out; lazy in, lazy out)."""

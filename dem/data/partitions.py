@@ -182,12 +182,31 @@ def _check_matrix(shape: tuple[int, ...], dtype: np.dtype, where: str) -> None:
     if len(shape) != 2:
         raise DataError(
             f"{where} must be 2-D (sample, feature); got {len(shape)}-D shape {tuple(shape)}"
-            + ("; reshape a single feature with X.reshape(-1, 1)" if len(shape) == 1 else "")
+            + ("; Reshape your data with X.reshape(-1, 1) if it has a single feature"
+               if len(shape) == 1 else "")
         )
-    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or np.issubdtype(dtype, np.complexfloating):
-        raise DataError(f"{where} must hold real numbers; got dtype {dtype}")
-    if shape[0] == 0 or shape[1] == 0:
-        raise DataError(f"{where} is empty: shape {tuple(shape)}")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise DataError(f"{where} must hold real numbers; got dtype {dtype} (Complex data not supported)")
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise DataTypeError(f"{where} must hold real numbers; got dtype {dtype}")
+    if shape[0] == 0:
+        raise DataError(f"{where} is empty: 0 sample(s) (shape={tuple(shape)}) while a minimum of 1 is required.")
+    if shape[1] == 0:
+        raise DataError(f"{where} is empty: 0 feature(s) (shape={tuple(shape)}) while a minimum of 1 is required.")
+
+
+class DataTypeError(DataError, TypeError):
+    """The input's dtype cannot be read as real numbers."""
+
+
+def _as_numeric(X: np.ndarray) -> np.ndarray:
+    """Object arrays of numbers become float64; anything else is a one-line error."""
+    if X.dtype != object:
+        return X
+    try:
+        return X.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataTypeError(f"X must hold real numbers; {exc}") from None
 
 
 def _check_weights(shape: tuple[int, ...], n_samples: int, where: str) -> None:
@@ -200,7 +219,7 @@ def _check_weights(shape: tuple[int, ...], n_samples: int, where: str) -> None:
 def from_numpy(X: np.ndarray, sample_weight: Any = None, partition_rows: int | None = None,
                memory_per_thread: int | None = None) -> PartitionedData:
     """Partition an in-memory numpy array (views, no copies)."""
-    X = np.asarray(X)
+    X = _as_numeric(np.asarray(X))
     _check_matrix(X.shape, X.dtype, "X")
     if X.dtype == np.bool_ or np.issubdtype(X.dtype, np.integer):
         X = X.astype(np.float64)
@@ -367,6 +386,9 @@ def as_partitioned(
         return from_xarray(X, sample_weight, partition_rows, memory_per_thread)
     if isinstance(X, da.Array):
         return from_dask(X, sample_weight, partition_rows, memory_per_thread=memory_per_thread)
+    if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
+        raise DataTypeError("sparse input is not supported: pass a dense array (X.toarray()) "
+                            "or a Zarr/dask array")
     if isinstance(X, (list, tuple)) or hasattr(X, "__array__"):
         try:
             arr = np.asarray(X)
