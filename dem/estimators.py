@@ -29,6 +29,9 @@ from dem.models.gmm import (
     precisions_from_cholesky,
 )
 from dem.models.gmm import sample as gmm_sample
+from dem.models.gmm_missing import MissingDataGaussianMixtureModel
+
+MISSING_CHOICES = ("error", "em")  # issue #7
 
 CACHE_CHOICES = ("auto", True, False)
 MODEL_DIRNAME = "model.zarr"
@@ -119,8 +122,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         How many of the newest checkpoints to keep.
     storage_options : dict, optional
         fsspec options (credentials, endpoint) for Zarr URLs and ``checkpoint_dir``.
-    missing : {"error"}, default="error"
-        NaN in the data is an error naming the first offending row.
+    missing : {"error", "em"}, default="error"
+        ``"error"``: NaN in the data is an error naming the first offending
+        row and feature. ``"em"``: NaN marks a value missing at random; EM
+        maximises the observed-data likelihood, filling missing coordinates
+        with their conditional expectation given the observed ones (see
+        :mod:`dem.models.gmm_missing`); rows with nothing observed are left
+        out; :meth:`predict`, :meth:`score_samples` and :meth:`predict_proba`
+        accept NaN and use the observed coordinates; :meth:`impute` completes
+        data. ``inf`` is an error either way.
 
     Attributes
     ----------
@@ -218,12 +228,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         if self.cache not in CACHE_CHOICES:
             raise ConfigError(f"cache must be 'auto', True or False; got {self.cache!r}")
-        if self.missing != "error":
-            raise ConfigError(f"missing must be 'error' (EM over missing values is not available yet); got {self.missing!r}")
+        if self.missing not in MISSING_CHOICES:
+            raise ConfigError(f"missing must be 'error' or 'em'; got {self.missing!r}")
         if self.partition_rows is not None:
             positive_int("partition_rows")
 
-    def _model(self) -> GaussianMixtureModel:
+    def _model(self) -> GaussianMixtureModel | MissingDataGaussianMixtureModel:
+        if self.missing == "em":  # issue #7: NaN are missing values
+            return MissingDataGaussianMixtureModel(int(self.n_components), self.covariance_type,
+                                                   float(self.reg_covar))
         return GaussianMixtureModel(int(self.n_components), self.covariance_type, float(self.reg_covar))
 
     def _check_initial_parameters(self, n_features: int) -> None:
@@ -269,11 +282,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if all(v is not None for v in user):
             return model.params_from(self.weights_init, self.means_init, precisions=self.precisions_init)
         total = gmm_init.sample_size(data.n_samples, K)
-        parts = executor.map(gmm_init.sample_partition, (seed, total, data.n_samples), placed, data.bounds)
+        sampler = gmm_init.sample_partition_with_nan if self.missing == "em" else gmm_init.sample_partition
+        parts = executor.map(sampler, (seed, total, data.n_samples), placed, data.bounds)
         sample = np.concatenate([p[0] for p in parts])
         sw = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+        if self.missing == "em":  # issue #7: centres from a NaN-tolerant sample
+            sample, sw, var = gmm_init.nan_tolerant_sample(sample, sw, K)
+        else:
+            var = np.var(sample, axis=0)
         centres = gmm_init.centres(self.init_params, sample, sw, K, seed)
-        var = np.maximum(np.var(sample, axis=0), 1e-12) + self.reg_covar
+        var = np.maximum(var, 1e-12) + self.reg_covar
         cov0 = {
             "full": np.repeat(np.diag(var)[None], K, axis=0),
             "tied": np.diag(var),
@@ -365,6 +383,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         result = fit_with_restarts(
             model, data, placed, executor, n_init=n_init, initial_params=initial_params,
             params_cls=GMMParams, max_iter=self.max_iter, tol=self.tol, run_dir=run_dir,
+            initial_lower_bound=self.lower_bound_ if warm else -math.inf,
             checkpoint_every=self.checkpoint_every,
             callback=_chain(callback, self._progress_callback()),
         )
@@ -477,9 +496,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             if arr.dtype == object:
                 arr = arr.astype(np.float64)
             self._check_features(arr.shape)
-            if not np.isfinite(arr).all():
-                row = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
-                raise DataError(f"X contains NaN or inf at row {row}")
+            # With missing="em" NaN is a missing value (issue #7); inf never is.
+            bad = np.isinf(arr) if self.missing == "em" else ~np.isfinite(arr)
+            if bad.any():
+                row = int(np.flatnonzero(bad.any(axis=1))[0])
+                raise DataError(f"X contains {'inf' if self.missing == 'em' else 'NaN or inf'} at row {row}")
             out = fn(params, arr)
         if xr_input is not None:
             import xarray as xr
@@ -544,6 +565,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise ConfigError(f"n_samples must be >= 1; got {n_samples}")
         rng = np.random.default_rng(_seed_from(self.random_state))
         return gmm_sample(self._params(), self.covariance_type, int(n_samples), rng)
+
+    # -- imputation (issue #7) ----------------------------------------------
+
+    def impute(self, X: Any, out: str | None = None, n_draws: int = 0,
+               random_state: Any = None) -> Any:
+        """Complete ``X``: each NaN becomes its conditional expectation under the fitted mixture.
+
+        See :func:`dem.impute.impute` (this passes the estimator's
+        ``storage_options``). Works whatever ``missing`` was used to fit.
+        """
+        from dem.impute import impute
+        return impute(self, X, out, n_draws=n_draws, random_state=random_state,
+                      storage_options=self.storage_options)
 
     # -- persistence -------------------------------------------------------
 

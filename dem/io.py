@@ -65,11 +65,11 @@ def save_model(est: Any, path: str, *, storage_options: dict | None = None) -> N
     ds = model_dataset(est)
     path = os.fspath(path)
     if "://" in path:
-        ds.to_zarr(path, mode="w", storage_options=storage_options, consolidated=False)
+        ds.to_zarr(path, mode="w", storage_options=storage_options, consolidated=True)
         return
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    ds.to_zarr(tmp, mode="w", consolidated=False)
+    ds.to_zarr(tmp, mode="w", consolidated=True)
     if os.path.exists(path):
         old = f"{path}.old-{os.getpid()}"
         os.replace(path, old)
@@ -105,7 +105,7 @@ def load(path: str, *, storage_options: dict | None = None) -> Any:
         if os.path.isdir(os.path.join(path, MODEL_DIRNAME)):
             path = os.path.join(path, MODEL_DIRNAME)
     try:
-        ds = xr.open_zarr(path, consolidated=False, storage_options=storage_options).load()
+        ds = xr.open_zarr(path, storage_options=storage_options).load(scheduler="threads")
     except Exception as exc:
         raise CheckpointError(f"cannot read a dem model at {path!r}: {exc}") from None
     version = ds.attrs.get("dem_format_version")

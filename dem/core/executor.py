@@ -43,9 +43,11 @@ def active_client() -> Any | None:
     """The current ``distributed`` client, if one is active in this process."""
     try:
         from distributed import default_client
-        return default_client()
+        client = default_client()
     except (ImportError, ValueError):
         return None
+    # A client whose connection failed can stay registered as the default; never use it.
+    return client if getattr(client, "status", "running") == "running" else None
 
 
 @dataclasses.dataclass

@@ -116,6 +116,7 @@ def fit_with_restarts(
     *,
     n_init: int,
     initial_params: Callable[[int], Any],
+    initial_lower_bound: float = -math.inf,
     params_cls: type,
     max_iter: int,
     tol: float,
@@ -174,7 +175,7 @@ def fit_with_restarts(
     while restart < n_init:
         resumed_at = None
         if current is None:
-            current = EMState(initial_params(restart))
+            current = EMState(initial_params(restart), lower_bound=initial_lower_bound)
             save(current, restart)
         elif resumed_from is not None:
             resumed_at = current.iteration
