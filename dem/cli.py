@@ -1,0 +1,715 @@
+"""The ``dem`` command: ``fit``, ``resume``, ``generate`` and ``info``.
+
+The CLI parses, validates and calls the Python API; it holds no EM logic.
+Problems a user can fix (:class:`dem.errors.DemError`, bad usage, a missing
+config file) print one line ``error: <message>`` on stderr and exit with
+status 1 (2 for usage errors), without a traceback. Everything is validated
+before anything is written, so a rejected command leaves no run directory
+behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from dem.config import Config, config_from_dict, load_config, parse_override, read_yaml
+from dem.core.checkpoint import CHECKPOINTS as CHECKPOINTS_NAME
+from dem.core.checkpoint import POINTER as POINTER_NAME
+from dem.core.checkpoint import RUN_FILE as RUN_NAME
+from dem.errors import CheckpointError, ConfigError, DataError, DemError
+from dem.io import MODEL_DIRNAME as MODEL_NAME
+
+CONFIG_NAME = "config.yaml"
+HISTORY_NAME = "history.json"
+#: Set by ``dem --debug``: full tracebacks and worker logs.
+_DEBUG = False
+#: The run directory being fitted, for the message after Ctrl-C.
+_CURRENT_RUN: str | None = None
+#: Keys ``dem resume`` may change: they extend a run without changing its path.
+RESUMABLE_KEYS = ("fit.max_iter", "fit.tol")
+#: Keys of data/model/fit that may differ between a run directory's config and
+#: a new one without making it another run: how long to iterate, and whether
+#: partitions are cached (results do not depend on it, nor on the cluster).
+_IGNORED_FOR_IDENTITY = {"fit.max_iter", "fit.tol", "fit.cache"}
+
+# markup off: paths, keys and notes may hold [brackets] that rich would eat.
+out = Console(soft_wrap=True, highlight=False, markup=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
+
+
+# -- run directory I/O (local path or fsspec URL) -------------------------------
+
+def _fs(path: str, storage_options: dict | None = None) -> tuple[Any, str]:
+    import fsspec
+
+    return fsspec.core.url_to_fs(path, **(storage_options if "://" in path and storage_options else {}))
+
+
+def _join(base: str, *names: str) -> str:
+    return "/".join([base.rstrip("/"), *names]) if "://" in base else os.path.join(base, *names)
+
+
+def _write_text(path: str, text: str, storage_options: dict | None = None) -> None:
+    """Write ``text`` so readers never see half of it (temp file + rename locally)."""
+    if "://" in path:
+        fs, p = _fs(path, storage_options)
+        with fs.open(p, "w") as fh:
+            fh.write(text)
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _exists(path: str, storage_options: dict | None = None) -> bool:
+    if "://" not in path:
+        return os.path.exists(path)
+    fs, p = _fs(path, storage_options)
+    return bool(fs.exists(p))
+
+
+def _read_json(path: str, storage_options: dict | None = None) -> Any:
+    fs, p = _fs(path, storage_options)
+    with fs.open(p, "r") as fh:
+        return json.load(fh)
+
+
+# -- the fit path --------------------------------------------------------------
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    items: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and k != "storage_options":
+            items.update(_flat(v, key + "."))
+        else:
+            items[key] = v
+    return items
+
+
+def _identity(cfg_dict: dict) -> dict[str, Any]:
+    """The keys that define a run: data, model and fit (less how long it iterates)."""
+    flat = _flat({k: cfg_dict.get(k, {}) for k in ("data", "model", "fit")})
+    return {k: v for k, v in flat.items() if k not in _IGNORED_FOR_IDENTITY}
+
+
+@dataclasses.dataclass
+class RunDirState:
+    """What a run directory already holds."""
+
+    config: dict | None
+    finished: bool
+    has_checkpoints: bool
+    started: bool = False
+
+    @property
+    def is_run(self) -> bool:
+        return self.finished or self.has_checkpoints or self.started
+
+
+def _run_dir_state(run_dir: str, storage_options: dict | None) -> RunDirState:
+    config = None
+    cfg_path = _join(run_dir, CONFIG_NAME)
+    if _exists(cfg_path, storage_options):
+        try:
+            fs, p = _fs(cfg_path, storage_options)
+            import yaml
+
+            with fs.open(p, "r") as fh:
+                config = yaml.safe_load(fh)
+        except Exception:
+            config = None
+    finished = _exists(_join(run_dir, MODEL_NAME), storage_options) or _exists(
+        _join(run_dir, HISTORY_NAME), storage_options)
+    ckpt = _join(run_dir, CHECKPOINTS_NAME)
+    has_ckpt = False
+    if _exists(ckpt, storage_options):
+        fs, p = _fs(ckpt, storage_options)
+        try:
+            has_ckpt = bool(fs.ls(p))
+        except (FileNotFoundError, NotADirectoryError):
+            has_ckpt = False
+    started = _exists(_join(run_dir, RUN_NAME), storage_options)
+    return RunDirState(config if isinstance(config, dict) else None, finished, has_ckpt, started)
+
+
+def _difference(old: dict, new: dict) -> str:
+    a, b = _identity(old), _identity(new)
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            return f"{key}: {a.get(key)!r} in the run, {b.get(key)!r} now"
+    return ""
+
+
+def _check_run_dir(cfg: Config, state: RunDirState) -> None:
+    """Refuse to mix two different runs in one directory (unless output.overwrite)."""
+    if cfg.output.overwrite or not state.is_run:
+        return
+    if state.config is None:
+        raise CheckpointError(
+            f"{cfg.output.run_dir!r} holds run files but no readable {CONFIG_NAME}; "
+            "choose another output.run_dir or set output.overwrite=true")
+    diff = _difference(state.config, cfg.to_dict())
+    if diff:
+        what = "a finished run" if state.finished else "an unfinished run"
+        raise CheckpointError(
+            f"{cfg.output.run_dir!r} holds {what} with a different config ({diff}); "
+            "choose another output.run_dir or set output.overwrite=true")
+
+
+def _clear_run_dir(run_dir: str, storage_options: dict | None) -> None:
+    """Remove what dem wrote in ``run_dir`` (and nothing else)."""
+    for name in (MODEL_NAME, HISTORY_NAME, CHECKPOINTS_NAME, RUN_NAME, CONFIG_NAME):
+        path = _join(run_dir, name)
+        if _exists(path, storage_options):
+            fs, p = _fs(path, storage_options)
+            fs.rm(p, recursive=True)
+
+
+def _preflight_data(cfg: Config) -> bool:
+    """Check the data before anything is written; returns whether it must be generated."""
+    path = cfg.data.path
+    assert path is not None
+    opts = cfg.data.storage_options or None
+    try:
+        exists = _exists(path, opts)
+    except Exception as exc:  # fsspec raises many types for bad URLs/credentials
+        raise DataError(f"cannot reach data.path {path!r}: {exc}") from None
+    if not exists:
+        if cfg.data.generate is not None:
+            return True
+        raise DataError(f"data.path {path!r} does not exist (set data.generate to create a synthetic dataset there)")
+    from dem.data.partitions import as_partitioned
+
+    # Opens metadata only: shape, dtype, the variable and weights arrays.
+    as_partitioned(path, cfg.data.weights, cfg.fit.partition_rows,
+                   variable=cfg.data.variable, storage_options=opts)
+    return False
+
+
+@dataclasses.dataclass
+class Cluster:
+    """A connected client and, for an embedded cluster, the cluster itself."""
+
+    client: Any
+    local: Any = None
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.local is not None:
+                self.local.close()
+
+
+def _start_cluster(cfg: Config) -> Cluster:
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    c = cfg.cluster
+    if c.address is not None:
+        security = None
+        if c.security is not None:
+            from distributed.security import Security
+
+            security = Security(tls_ca_file=c.security.tls_ca_file, tls_client_cert=c.security.tls_client_cert,
+                                tls_client_key=c.security.tls_client_key, require_encryption=True)
+        try:
+            client = Client(c.address, security=security, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(f"cannot connect to the Dask scheduler at cluster.address={c.address!r}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        return Cluster(client)
+    # The scheduler always serves HTTP (health, metrics); ":0" takes a free
+    # port, where None would mean 8787 and a warning when that is taken.
+    local = LocalCluster(
+        n_workers=c.n_workers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
+        processes=True, dashboard_address=":0", scheduler_kwargs={"dashboard": c.dashboard},
+        # Task errors come back to this process and are reported once, as one
+        # line; workers' own logs only add noise (`dem --debug` shows them).
+        silence_logs=logging.WARNING if _DEBUG else logging.CRITICAL,
+    )
+    try:
+        return Cluster(Client(local), local)
+    except BaseException:
+        local.close()
+        raise
+
+
+def _fmt_delta(delta: Any) -> str:
+    if delta is None or (isinstance(delta, float) and math.isinf(delta)):
+        return "-"
+    return f"{delta:+.3e}"
+
+
+class ProgressDisplay:
+    """Shows a fit's events: a live table on a terminal, one line per iteration otherwise."""
+
+    def __init__(self, console: Console, dashboard_printed: bool = False) -> None:
+        self.console = console
+        self.live_mode = console.is_terminal
+        self.live: Any = None
+        self.rows: list[dict] = []
+        self.n_init = 1
+        self.dashboard_printed = dashboard_printed
+        self.saw_iterations = False
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event == "start":
+            self._start(info)
+        elif event == "iteration":
+            self._iteration(info)
+        elif event == "end":
+            self.close()
+
+    def _start(self, info: dict) -> None:
+        self.n_init = int(info.get("n_init") or 1)
+        link = info.get("dashboard_link")
+        if link and not self.dashboard_printed:
+            self.console.print(f"dashboard: {link}")
+            self.dashboard_printed = True
+        n = info.get("n_samples")
+        self.console.print(
+            f"fitting {n if n is None else format(n, ',')} rows × {info.get('n_features', '?')} features in "
+            f"{info.get('n_partitions', '?')} partitions (n_init={self.n_init}, max_iter={info.get('max_iter')})"
+        )
+        if info.get("resumed_from"):
+            self.console.print(f"resuming after iteration {info['resumed_from']}")
+        if self.live_mode and self.live is None:
+            from rich.live import Live
+
+            self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
+            self.live.start()
+
+    def line(self, info: dict) -> str:
+        prefix = f"init {int(info.get('restart', 0)) + 1}/{self.n_init}  " if self.n_init > 1 else ""
+        notes = "; ".join(info.get("notes") or [])
+        return (f"{prefix}iteration {info['iteration']:>4}  mean log-likelihood {info['mean_log_likelihood']:.6f}"
+                f"  Δ {_fmt_delta(info.get('delta'))}  {info.get('seconds', float('nan')):.2f} s/iter"
+                + ("  (resumed)" if info.get("resumed") else "") + (f"  [{notes}]" if notes else ""))
+
+    def _iteration(self, info: dict) -> None:
+        self.saw_iterations = True
+        self.rows.append(info)
+        if self.live is not None:
+            self.live.update(self._table())
+        else:
+            self.console.print(self.line(info))
+
+    def _table(self) -> Table:
+        table = Table(title="EM iterations", expand=False)
+        if self.n_init > 1:
+            table.add_column("init", justify="right")
+        for name in ("iteration", "mean log-likelihood", "Δ", "s/iter", "notes"):
+            table.add_column(name, justify="left" if name == "notes" else "right")
+        for r in self.rows[-20:]:
+            cells = [str(r["iteration"]), f"{r['mean_log_likelihood']:.6f}", _fmt_delta(r.get("delta")),
+                     f"{r.get('seconds', float('nan')):.2f}",
+                     "; ".join((["resumed"] if r.get("resumed") else []) + list(r.get("notes") or []))]
+            if self.n_init > 1:
+                cells.insert(0, str(int(r.get("restart", 0)) + 1))
+            table.add_row(*cells)
+        return table
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def _model_is_current(path: str, est: Any, storage_options: dict | None) -> bool:
+    """Whether ``path`` already holds this fit's final model (the estimator may have saved it)."""
+    if not _exists(path, storage_options):
+        return False
+    try:
+        import zarr
+
+        attrs = zarr.open_group(store=path, mode="r", storage_options=storage_options).attrs
+        return (int(attrs.get("n_iter", -1)) == est.n_iter_
+                and float(attrs.get("lower_bound", math.nan)) == est.lower_bound_)
+    except Exception:
+        return False
+
+
+def run_fit(cfg: Config) -> Any:
+    """Validate, start the cluster, (generate,) fit, and write the run directory."""
+    run_dir = cfg.output.run_dir
+    opts = cfg.data.storage_options or None
+    # 1. Validate everything before writing anything.
+    state = _run_dir_state(run_dir, opts)
+    _check_run_dir(cfg, state)
+    must_generate = _preflight_data(cfg)
+
+    import dem
+
+    created = _first_missing(run_dir, opts)
+    cluster = _start_cluster(cfg)
+    display = ProgressDisplay(out)
+    try:
+        link = cluster.client.dashboard_link if cfg.cluster.dashboard else None
+        if cfg.cluster.dashboard and cfg.cluster.address is None and importlib.util.find_spec("bokeh") is None:
+            out.print("dashboard: not served (install bokeh to get one)")
+        elif link:
+            out.print(f"dashboard: {link}")
+        display.dashboard_printed = True
+        if must_generate:
+            _generate_for_fit(cfg, cluster)
+        if cfg.output.overwrite and state.is_run:
+            out.print(f"output.overwrite: clearing the previous run in {run_dir}")
+            _clear_run_dir(run_dir, opts)
+        _makedirs(run_dir, opts)
+        _write_text(_join(run_dir, CONFIG_NAME), cfg.to_yaml(), opts)
+        global _CURRENT_RUN
+        _CURRENT_RUN = run_dir
+        est = dem.GaussianMixture(**cfg.estimator_kwargs(), client=cluster.client)
+        t0 = time.perf_counter()
+        try:
+            est.fit(cfg.data.path, sample_weight=cfg.data.weights, variable=cfg.data.variable, callback=display)
+        except BaseException:
+            display.close()
+            if created is not None and not _exists(_join(run_dir, CHECKPOINTS_NAME), opts):
+                # Nothing to resume: do not leave a run directory that looks like a run.
+                _remove_tree(created, opts)
+            raise
+        display.close()
+        seconds = time.perf_counter() - t0
+        if not display.saw_iterations:
+            for rec in est.history_:
+                out.print(display.line(rec))
+        model_path = _join(run_dir, MODEL_NAME)
+        if not _model_is_current(model_path, est, opts):
+            est.save(model_path, storage_options=opts)
+        _write_text(_join(run_dir, HISTORY_NAME), json.dumps(est.history_, indent=1), opts)
+    finally:
+        display.close()
+        cluster.close()
+    status = "converged" if est.converged_ else "did not converge"
+    out.print(f"{status} after {est.n_iter_} iterations in {seconds:.1f} s; "
+              f"mean log-likelihood {est.lower_bound_:.6f}")
+    out.print(f"run: {run_dir}  (model: {model_path}; `dem info {run_dir}` for details)")
+    return est
+
+
+def _first_missing(path: str, storage_options: dict | None) -> str | None:
+    """The outermost directory of ``path`` that does not exist yet (what a makedirs would create)."""
+    if _exists(path, storage_options):
+        return None
+    if "://" in path:
+        return path
+    missing = path
+    parent = os.path.dirname(missing)
+    while parent != missing and not os.path.exists(parent):
+        missing, parent = parent, os.path.dirname(parent)
+    return missing
+
+
+def _makedirs(path: str, storage_options: dict | None) -> None:
+    if "://" in path:
+        fs, p = _fs(path, storage_options)
+        fs.makedirs(p, exist_ok=True)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def _remove_tree(path: str, storage_options: dict | None) -> None:
+    try:
+        fs, p = _fs(path, storage_options)
+        fs.rm(p, recursive=True)
+    except Exception:
+        pass
+
+
+def _generate_for_fit(cfg: Config, cluster: Cluster) -> None:
+    from dem.data.generate import generate_dataset
+
+    g = cfg.data.generate
+    assert g is not None and cfg.data.path is not None
+    out.print(f"generating {cfg.data.path}: {g.n_samples:,} rows × {g.n_features} features, "
+              f"{g.n_components} components, {g.dtype}, seed {g.seed} (data.generate; data.path did not exist)")
+    # Embedded workers share this filesystem; a remote cluster may not, so
+    # local paths are then written from this process.
+    client = cluster.client if (cfg.cluster.address is None or "://" in cfg.data.path) else None
+    summary = generate_dataset(
+        cfg.data.path, g.n_samples, g.n_features, g.n_components, chunk_rows=g.chunk_rows, dtype=g.dtype,
+        seed=g.seed, separation=g.separation, weighted=g.weighted,
+        storage_options=cfg.data.storage_options or None, client=client,
+    )
+    out.print(f"wrote {summary['nbytes'] / 2**20:,.0f} MiB in {summary['n_chunks']} chunks "
+              f"in {summary['seconds']:.1f} s")
+
+
+# -- commands ------------------------------------------------------------------
+
+_set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+    help="Override a config key (value read as YAML); repeatable.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dem", prog_name="dem")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and Dask worker logs.")
+def cli(debug: bool) -> None:
+    """Fit latent-variable models by EM on data larger than memory (Zarr + Dask)."""
+    global _DEBUG
+    _DEBUG = debug
+
+
+@cli.command()
+@click.argument("config", default=CONFIG_NAME, required=False)
+@_set_option
+def fit(config: str, overrides: tuple[str, ...]) -> None:
+    """Fit the model that CONFIG (default ./config.yaml) describes.
+
+    A run directory that already holds this run resumes it.
+    """
+    cfg = load_config(config, list(overrides))
+    run_fit(cfg)
+
+
+@cli.command()
+@click.argument("run_dir")
+@_set_option
+def resume(run_dir: str, overrides: tuple[str, ...]) -> None:
+    """Continue the run in RUN_DIR from its last checkpoint.
+
+    Only fit.max_iter, fit.tol and cluster.* (where to run: a restarted
+    Kubernetes or SLURM job has a new scheduler address) may change.
+    """
+    for item in overrides:
+        key = ".".join(parse_override(item)[0])
+        if key not in RESUMABLE_KEYS and not key.startswith("cluster."):
+            raise ConfigError(f"dem resume can only change {' and '.join(RESUMABLE_KEYS)} and cluster.*; "
+                              f"got --set {item!r} (start a new run with `dem fit` to change anything else)")
+    path = _join(run_dir, CONFIG_NAME)
+    if not os.path.exists(path):
+        raise CheckpointError(f"no dem run at {run_dir!r}: {CONFIG_NAME} not found there")
+    cfg = config_from_dict(read_yaml(path), list(overrides), source=path)
+    cfg.output.run_dir = os.path.abspath(run_dir)
+    cfg.output.overwrite = False
+    run_fit(cfg)
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--samples", "n_samples", type=int, required=True, help="Rows.")
+@click.option("--features", "n_features", type=int, required=True, help="Columns.")
+@click.option("--components", "n_components", type=int, required=True, help="True mixture components.")
+@click.option("--chunk-rows", type=int, default=100_000, show_default=True, help="Rows per Zarr chunk.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--separation", type=float, default=6.0, show_default=True,
+              help="Closest means, in component standard deviations.")
+@click.option("--weighted", is_flag=True, help="Also write positive sample weights.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at PATH.")
+@click.option("--address", default=None, help="Dask scheduler to generate on (default: threads here).")
+def generate(path: str, n_samples: int, n_features: int, n_components: int, chunk_rows: int, dtype: str,
+             seed: int, separation: float, weighted: bool, overwrite: bool, address: str | None) -> None:
+    """Write a synthetic Gaussian-mixture dataset to the Zarr group PATH."""
+    from dem.data.generate import generate_dataset
+
+    client = None
+    if address is not None:
+        from distributed import Client
+
+        try:
+            client = Client(address, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(f"cannot connect to the Dask scheduler at {address!r}: {exc}") from None
+    try:
+        summary = generate_dataset(path, n_samples, n_features, n_components, chunk_rows=chunk_rows, dtype=dtype,
+                                   seed=seed, separation=separation, weighted=weighted, client=client,
+                                   overwrite=overwrite)
+    finally:
+        if client is not None:
+            client.close()
+    out.print(f"wrote {summary['path']}: {n_samples:,} rows × {n_features} features ({dtype}), "
+              f"{n_components} components, {summary['n_chunks']} chunks, "
+              f"{summary['nbytes'] / 2**20:,.1f} MiB uncompressed, in {summary['seconds']:.1f} s")
+
+
+def _newest_checkpoint_meta(run_dir: str) -> dict | None:
+    """``meta.json`` of the checkpoint ``LATEST`` points to, else of the one with the longest history."""
+    import glob
+
+    root = os.path.join(run_dir, CHECKPOINTS_NAME)
+    try:
+        pointer = _read_json(os.path.join(root, POINTER_NAME))
+        meta = _read_json(os.path.join(root, str(pointer["name"]), "meta.json"))
+        if isinstance(meta, dict):
+            return meta
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no pointer, or it names a pruned checkpoint: look at what is there
+    metas = []
+    for path in glob.glob(os.path.join(root, "*", "meta.json")):
+        try:
+            data = _read_json(path)
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            metas.append((len(data.get("history") or []), os.path.getmtime(path), data))
+    if not metas:
+        return None
+    return max(metas, key=lambda m: (m[0], m[1]))[2]
+
+
+def _load_history(run_dir: str) -> tuple[list[dict], str | None]:
+    path = os.path.join(run_dir, HISTORY_NAME)
+    if os.path.exists(path):
+        try:
+            data = _read_json(path)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read {path!r}: {exc}") from None
+        hist = data.get("history", []) if isinstance(data, dict) else data
+        return list(hist or []), path
+    meta = _newest_checkpoint_meta(run_dir)
+    if meta is not None:
+        return list(meta.get("history") or []), "newest checkpoint"
+    return [], None
+
+
+def _model_summary(run_dir: str) -> dict | None:
+    path = os.path.join(run_dir, MODEL_NAME)
+    if not os.path.exists(path):
+        return None
+    try:
+        import zarr
+
+        attrs = dict(zarr.open_group(store=path, mode="r").attrs)
+    except Exception:
+        return {"path": path}
+    return {"path": path, "converged": attrs.get("converged"), "n_iter": attrs.get("n_iter"),
+            "lower_bound": attrs.get("lower_bound")}
+
+
+@cli.command()
+@click.argument("run_dir")
+def info(run_dir: str) -> None:
+    """Summarise the run in RUN_DIR: config, per-iteration history, result."""
+    if not os.path.isdir(run_dir):
+        raise CheckpointError(f"no dem run at {run_dir!r}: not a directory")
+    cfg_path = os.path.join(run_dir, CONFIG_NAME)
+    cfg: dict | None = None
+    if os.path.exists(cfg_path):
+        try:
+            cfg = read_yaml(cfg_path)
+        except ConfigError:
+            cfg = None
+    history, source = _load_history(run_dir)
+    model = _model_summary(run_dir)
+    if cfg is None and not history and model is None:
+        raise CheckpointError(f"no dem run at {run_dir!r}: no {CONFIG_NAME}, {HISTORY_NAME}, "
+                              f"checkpoint or {MODEL_NAME} there")
+    out.print(f"run: {os.path.abspath(run_dir)}")
+    if cfg is not None:
+        d, m, f, c = (cfg.get(k) or {} for k in ("data", "model", "fit", "cluster"))
+        out.print(f"data: {d.get('path')}" + (f" [{d.get('variable')}]" if d.get("variable") not in (None, "X") else "")
+                  + (f", weights {d.get('weights')!r}" if d.get("weights") else ""))
+        out.print(f"model: {m.get('kind', 'gmm')}, {m.get('n_components')} components, "
+                  f"{m.get('covariance_type')} covariance, reg_covar {m.get('reg_covar')}")
+        out.print(f"fit: max_iter {f.get('max_iter')}, tol {f.get('tol')}, n_init {f.get('n_init')}, "
+                  f"init {f.get('init_params')}, random_state {f.get('random_state')}")
+        where = c.get("address") or f"local cluster {c.get('n_workers')}×{c.get('threads_per_worker')} threads"
+        out.print(f"cluster: {where}")
+    if history:
+        table = Table(title=f"history ({source})")
+        for name in ("iteration", "mean log-likelihood", "Δ", "seconds", "rows", "notes"):
+            table.add_column(name, justify="left" if name == "notes" else "right")
+        for h in history:
+            ll = h.get("mean_log_likelihood")
+            secs = h.get("seconds")
+            notes = (["resumed"] if h.get("resumed") else []) + list(h.get("notes") or [])
+            table.add_row(str(h.get("iteration")), "-" if ll is None else f"{ll:.6f}", _fmt_delta(h.get("delta")),
+                          "-" if secs is None else f"{secs:.2f}", str(h.get("n_rows", "-")), "; ".join(notes))
+        out.print(table)
+    else:
+        out.print("history: none yet")
+    if model is not None and model.get("n_iter") is not None:
+        status = "converged" if model.get("converged") else "did not converge"
+        out.print(f"result: {status} after {model['n_iter']} iterations; mean log-likelihood "
+                  f"{model['lower_bound']:.6f}")
+        out.print(f"model: {model['path']}")
+    elif history:
+        tol = ((cfg or {}).get("fit") or {}).get("tol")
+        last = history[-1]
+        delta = last.get("delta")
+        done = tol is not None and delta is not None and abs(delta) < float(tol)
+        out.print(f"result: {'converged' if done else 'in progress or interrupted'} at iteration "
+                  f"{last.get('iteration')}; no final model yet"
+                  + ("" if done else f" (continue with `dem resume {run_dir}`)"))
+    else:
+        out.print("result: no final model yet")
+
+
+# -- entry point -----------------------------------------------------------------
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: Any = None) -> None:
+    err.print(f"warning: {message}", markup=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the ``dem`` command; errors a user can fix print one line and exit non-zero."""
+    import logging
+
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning  # one line per warning, no source line
+    loggers = {name: logging.getLogger(name) for name in ("distributed", "asyncio")}
+    levels = {name: lg.level for name, lg in loggers.items()}
+    if "--debug" not in (argv if argv is not None else sys.argv[1:]):
+        # Client-side chatter (and asyncio's "exception never retrieved" after
+        # Ctrl-C) would bury the one line that matters.
+        loggers["distributed"].setLevel(logging.ERROR)
+        loggers["asyncio"].setLevel(logging.CRITICAL)
+    try:
+        code = _run(argv)
+    finally:
+        warnings.showwarning = previous
+        for name, lg in loggers.items():
+            lg.setLevel(levels[name])
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
+        rc = cli.main(args=argv, prog_name="dem", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        return _fail(exc.format_message().rstrip(".") + where, 2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # click turns Ctrl-C into Abort.
+        run = _CURRENT_RUN
+        if run is not None and _exists(_join(run, CHECKPOINTS_NAME)):
+            return _fail(f"interrupted; continue with `dem resume {run}`", 130)
+        return _fail("interrupted", 130)
+    except (DemError, FileNotFoundError) as exc:
+        if _DEBUG:
+            raise
+        return _fail(str(exc), 1)
+    except click.exceptions.ClickException as exc:
+        return _fail(exc.format_message(), exc.exit_code or 1)
+    return rc if isinstance(rc, int) else 0
+
+
+def _fail(message: str, code: int) -> int:
+    first = " ".join(str(message).split("\n")[0].split()) or "failed"
+    err.print(f"error: {first}")
+    return code
+
+
+if __name__ == "__main__":
+    main()
