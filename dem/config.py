@@ -220,7 +220,7 @@ class FitConfig:
     n_init: int = _field(1, _int(1), "initialisations; the best is kept")
     init_params: str = _field("kmeans", _choice(INIT_METHODS), "how initial centres are placed")
     random_state: int | None = _field(0, _int(0, optional=True), "seed (null: a fresh one)")
-    partition_rows: int | None = _field(None, _int(1, optional=True), "rows per task (null: ~64 MiB)")
+    partition_rows: int | None = _field(None, _int(1, optional=True), "rows per task, whole chunks (null: automatic, 1/16 of the data within 16-128 MiB)")
     fan_in: int = _field(8, _int(2), "children per node of the reduction tree")
     cache: Any = _field("auto", _cache, "keep partitions in worker memory")
 
