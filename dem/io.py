@@ -61,9 +61,19 @@ def model_dataset(est: Any) -> Any:
 def save_model(est: Any, path: str, *, storage_options: dict | None = None) -> None:
     """Write ``est`` to ``path`` atomically where the filesystem allows (temp dir + rename)."""
     import shutil
+    import warnings
 
     ds = model_dataset(est)
-    path = os.fspath(path)
+    with warnings.catch_warnings():
+        # Consolidated metadata lets `xr.open_zarr(path)` open the model without
+        # a fallback warning; zarr 3 warns that it is not in the v3 spec yet.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        _write(ds, os.fspath(path), storage_options)
+
+
+def _write(ds: Any, path: str, storage_options: dict | None) -> None:
+    import shutil
+
     if "://" in path:
         ds.to_zarr(path, mode="w", storage_options=storage_options, consolidated=True)
         return
