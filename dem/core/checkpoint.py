@@ -40,7 +40,7 @@ from fsspec.implementations.local import LocalFileSystem
 from dem.core.faults import maybe_crash
 from dem.errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one state per member (restarts share passes)
 CHECKPOINTS = "checkpoints"
 POINTER = "LATEST"
 RUN_FILE = "run.json"

@@ -46,6 +46,7 @@ class IterationRecord:
     n_rows: int
     resumed: bool = False
     notes: list[str] = dataclasses.field(default_factory=list)
+    stage: str | None = None  # e.g. the annealing temperature; Δ is taken within a stage
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -76,8 +77,102 @@ class EMState:
     lower_bound: float = -math.inf
 
 
-def _e_step_task(model: EMModel, params: Any, X: Any, w: Any, start: int) -> SufficientStats:
-    return model.e_step(params, X, w, start)
+@dataclasses.dataclass(frozen=True)
+class MemberStats:
+    """Statistics of several fits that share a data pass, added member by member."""
+
+    members: tuple
+
+    def __add__(self, other: "MemberStats") -> "MemberStats":
+        return MemberStats(tuple(a + b for a, b in zip(self.members, other.members)))
+
+
+def _members_e_step_task(models: tuple, live: tuple, X: Any, w: Any, start: int) -> MemberStats:
+    # One read of the partition serves every live member: ``live`` holds
+    # (member index, params) pairs, so converged members cost nothing.
+    return MemberStats(tuple(models[i].e_step(params, X, w, start) for i, params in live))
+
+
+def _stage(model: EMModel) -> str | None:
+    return getattr(model, "stage", None)
+
+
+def run_em_members(
+    models: list[EMModel],
+    data: PartitionedData,
+    placed: list[Any],
+    executor: Executor,
+    states: list[EMState],
+    *,
+    max_iter: int,
+    tol: float,
+    on_iteration: Callable[[list[EMState], list[int]], None] | None = None,
+    resumed_at: list[int | None] | None = None,
+) -> list[EMState]:
+    """Iterate several EM fits over the same data, one shared pass per iteration.
+
+    Each iteration reads every partition once and evaluates the E-step of
+    every member that has neither converged nor reached ``max_iter``; the
+    statistics are added member by member through the executor's fixed
+    tree, so each member ends bitwise equal to a fit run on its own.
+
+    Parameters
+    ----------
+    models : one model per member (they may differ, e.g. in n_components)
+    data : the partitioned input; ``placed`` its blocks as placed by ``executor``
+    states : each member's starting point (a resumed fit passes checkpointed states)
+    max_iter : total iterations per member (counting those already in its state)
+    tol : convergence threshold on the change in mean log-likelihood
+    on_iteration : called after every pass with all states and the indices that advanced
+    resumed_at : per member, the iteration at which this call resumed it, if it did
+    """
+    states = [dataclasses.replace(s, history=list(s.history)) for s in states]
+    resumed_at = resumed_at or [None] * len(states)
+    models_t = tuple(models)
+    task = functools.partial(_members_e_step_task, models_t)
+    rtol = MONOTONE_RTOL_FLOAT32 if data.dtype == "float32" else MONOTONE_RTOL
+    while True:
+        live = [i for i, s in enumerate(states) if not s.converged and s.iteration < max_iter]
+        if not live:
+            return states
+        t0 = time.perf_counter()
+        summed = executor.map_reduce(task, tuple((i, states[i].params) for i in live),
+                                     placed, data.bounds)
+        maybe_crash("m-step")
+        seconds = time.perf_counter() - t0
+        for i, stats in zip(live, summed.members):
+            states[i] = _advance(models[i], states[i], stats, tol, rtol, seconds, resumed_at[i])
+        if on_iteration is not None:
+            on_iteration(states, live)
+
+
+def _advance(model: EMModel, state: EMState, stats: SufficientStats, tol: float, rtol: float,
+             seconds: float, resumed_at: int | None) -> EMState:
+    """One M-step and the bookkeeping of one member's iteration."""
+    ll = stats.mean_log_likelihood
+    history = state.history
+    stage = _stage(model)
+    if history:
+        # A new annealing stage optimises a different objective: no Δ across it.
+        prev = history[-1].mean_log_likelihood if history[-1].stage == stage else -math.inf
+    else:
+        # A warm start carries the previous fit's lower bound into the first Δ, as scikit-learn does.
+        prev = state.lower_bound
+    new_params = model.m_step(stats, state.params)
+    it = state.iteration + 1
+    delta = ll - prev
+    diagnose = getattr(model, "diagnose", None)
+    notes = list(diagnose(stats)) if diagnose is not None else []
+    if delta < -rtol * max(1.0, abs(ll)):
+        msg = f"mean log-likelihood decreased by {-delta:.3g} at iteration {it}"
+        notes.append(msg)
+        warnings.warn(msg, ObjectiveDecreasedWarning, stacklevel=3)
+    history.append(IterationRecord(
+        iteration=it, mean_log_likelihood=ll, delta=delta, seconds=seconds,
+        n_rows=int(stats.n_rows), resumed=(resumed_at is not None and it == resumed_at + 1),
+        notes=notes, stage=stage,
+    ))
+    return EMState(new_params, it, history, abs(delta) < tol, ll)
 
 
 def run_em(
@@ -92,57 +187,11 @@ def run_em(
     on_iteration: Callable[[EMState], None] | None = None,
     resumed_at: int | None = None,
 ) -> EMState:
-    """Iterate E and M steps from ``state`` until convergence or ``max_iter``.
+    """Iterate E and M steps of one fit from ``state`` until convergence or ``max_iter``.
 
-    Parameters
-    ----------
-    model : the model family (pure numpy functions)
-    data : the partitioned input; ``placed`` its blocks as placed by ``executor``
-    state : the starting point; a resumed fit passes the checkpointed state
-    max_iter : total iterations (counting those already in ``state``)
-    tol : convergence threshold on the change in mean log-likelihood
-    on_iteration : called after every iteration with the new state
-    resumed_at : iteration number at which this call resumed an earlier fit
+    The one-member case of :func:`run_em_members`; ``on_iteration`` receives
+    the new state after every iteration.
     """
-    params = state.params
-    history = list(state.history)
-    # A warm start carries the previous fit's lower bound into the first Δ, as scikit-learn does.
-    prev = history[-1].mean_log_likelihood if history else state.lower_bound
-    converged = state.converged
-    lower_bound = state.lower_bound
-    it = state.iteration
-    task = functools.partial(_e_step_task, model)
-    diagnose = getattr(model, "diagnose", None)
-    rtol = MONOTONE_RTOL_FLOAT32 if data.dtype == "float32" else MONOTONE_RTOL
-    while not converged and it < max_iter:
-        t0 = time.perf_counter()
-        stats = executor.map_reduce(task, params, placed, data.bounds)
-        ll = stats.mean_log_likelihood
-        maybe_crash("m-step")
-        new_params = model.m_step(stats, params)
-        it += 1
-        delta = ll - prev
-        notes = list(diagnose(stats)) if diagnose is not None else []
-        if delta < -rtol * max(1.0, abs(ll)):
-            msg = f"mean log-likelihood decreased by {-delta:.3g} at iteration {it}"
-            notes.append(msg)
-            warnings.warn(msg, ObjectiveDecreasedWarning, stacklevel=2)
-        history.append(
-            IterationRecord(
-                iteration=it,
-                mean_log_likelihood=ll,
-                delta=delta,
-                seconds=time.perf_counter() - t0,
-                n_rows=int(stats.n_rows),
-                resumed=(resumed_at is not None and it == resumed_at + 1),
-                notes=notes,
-            )
-        )
-        lower_bound = ll
-        converged = abs(delta) < tol
-        params = new_params
-        prev = ll
-        state = EMState(params, it, history, converged, lower_bound)
-        if on_iteration is not None:
-            on_iteration(state)
-    return EMState(params, it, history, converged, lower_bound)
+    callback = None if on_iteration is None else (lambda states, live: on_iteration(states[0]))
+    return run_em_members([model], data, placed, executor, [state], max_iter=max_iter, tol=tol,
+                          on_iteration=callback, resumed_at=[resumed_at])[0]

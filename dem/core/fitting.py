@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dem.core.checkpoint import RUN_FILE, Checkpointer, RunStore, compare_fingerprints
-from dem.core.engine import EMState, IterationRecord, run_em
+from dem.core.engine import EMState, IterationRecord, run_em_members
 from dem.core.executor import Executor
 from dem.data.partitions import PartitionedData
 from dem.errors import CheckpointError
@@ -35,10 +35,23 @@ class ResumeWarning(UserWarning):
 
 @dataclasses.dataclass
 class FitResult:
-    best: EMState
-    best_restart: int
-    restarts: list[dict[str, Any]]  # summary of every finished restart
-    resumed_from: int | None  # total step the fit resumed at, if it did
+    """Every member's final state; the caller chooses the winner."""
+
+    states: list[EMState]
+    resumed_from: int | None  # checkpoint step the fit resumed at, if it did
+
+    @property
+    def best(self) -> EMState:
+        return self.states[self.best_index()]
+
+    def best_index(self, among: list[int] | None = None) -> int:
+        """The member with the highest final lower bound (first on ties), as scikit-learn picks."""
+        among = list(range(len(self.states))) if among is None else among
+        best = among[0]
+        for i in among[1:]:
+            if self.states[i].lower_bound > self.states[best].lower_bound:
+                best = i
+        return best
 
 
 def _state_json(state: EMState) -> dict[str, Any]:
@@ -108,6 +121,140 @@ class RunDirectory:
         return (meta, arrays) if meta else None
 
 
+def fit_members(
+    models: list[EMModel],
+    data: PartitionedData,
+    placed: list[Any],
+    executor: Executor,
+    *,
+    initial_params: Callable[[list[int]], list[Any]],
+    params_cls: type,
+    max_iter: int,
+    tol: float,
+    labels: list[dict[str, Any]] | None = None,
+    run_dir: RunDirectory | None = None,
+    checkpoint_every: int = 1,
+    callback: Callback | None = None,
+    initial_lower_bound: float = -math.inf,
+    schedule: list[list[EMModel]] | None = None,
+) -> FitResult:
+    """Fit several members (restarts, candidate K) over shared data passes.
+
+    ``initial_params(indices)`` returns starting parameters for those
+    members (so initialisation passes can be shared too). With ``run_dir``
+    a checkpoint holding every member's state is written after
+    initialisation, after every ``checkpoint_every`` passes and at the end;
+    an existing matching checkpoint is resumed. ``schedule`` optionally
+    lists per-stage models run before ``models`` (deterministic annealing:
+    each stage runs to convergence or ``max_iter`` iterations of its own).
+    """
+    n = len(models)
+    labels = labels or [{"restart": i} for i in range(n)]
+    stages = [*(schedule or []), models]
+    stage, step = 0, 0
+    states: list[EMState] | None = None
+    resumed_from = None
+    if run_dir is not None and (loaded := run_dir.load()) is not None:
+        meta, arrays = loaded
+        if "members" in meta:
+            step, stage = int(meta["step"]), int(meta.get("stage", len(stages) - 1))
+            states = [_state_from(js, arrays, f"member.{i}", params_cls)
+                      for i, js in enumerate(meta["members"])]
+            resumed_from = step
+
+    def emit(event: str, info: dict[str, Any]) -> None:
+        if callback is not None:
+            callback(event, info)
+
+    def save(current: list[EMState], stage_index: int) -> None:
+        nonlocal step
+        if run_dir is None:
+            return
+        step += 1  # checkpoint sequence number: names sort in write order
+        meta = {"members": [_state_json(s) for s in current], "labels": labels, "stage": stage_index,
+                "seed": run_dir.seed, "iteration": max(s.iteration for s in current),
+                "restarts": [{**labels[i], "lower_bound": s.lower_bound, "n_iter": s.iteration,
+                              "converged": s.converged} for i, s in enumerate(current)],
+                "history": [h.to_json() for h in max(current, key=lambda s: s.iteration).history]}
+        arrays: dict[str, np.ndarray] = {}
+        for i, s in enumerate(current):
+            arrays.update(_arrays(s, f"member.{i}"))
+        run_dir.checkpointer.save(step, meta, arrays)
+
+    emit("start", {"n_samples": data.n_samples, "n_features": data.n_features,
+                   "n_partitions": data.n_partitions, "n_init": n, "max_iter": max_iter,
+                   "resumed_from": resumed_from, "dashboard_link": executor.dashboard_link})
+    if states is None:
+        states = [EMState(p, lower_bound=initial_lower_bound) for p in initial_params(list(range(n)))]
+        save(states, stage)
+    resumed_at = [s.iteration if resumed_from is not None else None for s in states]
+    passes = 0
+
+    def on_iteration(current: list[EMState], live: list[int]) -> None:
+        nonlocal passes
+        passes += 1
+        for i in live:
+            emit("iteration", {"restart": i, **labels[i], **current[i].history[-1].to_json()})
+        finished = all(s.converged or s.iteration >= max_iter for s in current)
+        if passes % checkpoint_every == 0 or finished:
+            save(current, stage)
+
+    while True:
+        limit = max_iter if stage == len(stages) - 1 else None
+        if limit is None:
+            # An annealing stage: up to max_iter more iterations, until converged at this temperature.
+            limit_each = [s.iteration + max_iter for s in states]
+            states = _run_stage(stages[stage], data, placed, executor, states, limit_each, tol,
+                                on_iteration, resumed_at)
+        else:
+            states = run_em_members(stages[stage], data, placed, executor, states,
+                                    max_iter=limit, tol=tol, on_iteration=on_iteration,
+                                    resumed_at=resumed_at)
+        resumed_at = [None] * n
+        if stage == len(stages) - 1:
+            break
+        stage += 1
+        # The next temperature starts afresh: nothing has converged at it yet.
+        states = [dataclasses.replace(s, converged=False) for s in states]
+        save(states, stage)
+    best = FitResult(states, resumed_from).best
+    emit("end", {"converged": best.converged, "n_iter": best.iteration, "lower_bound": best.lower_bound})
+    return FitResult(states, resumed_from)
+
+
+def _run_stage(models: list[EMModel], data: PartitionedData, placed: list[Any], executor: Executor,
+               states: list[EMState], limits: list[int], tol: float, on_iteration: Callable,
+               resumed_at: list[int | None]) -> list[EMState]:
+    """run_em_members with a per-member iteration limit (annealing stages)."""
+    # Members at the same iteration count share a limit; run them in groups.
+    out = list(states)
+    for limit in sorted(set(limits)):
+        idx = [i for i, lim in enumerate(limits) if lim == limit]
+
+        def relay(current: list[EMState], live: list[int], idx: list[int] = idx) -> None:
+            for j, i in enumerate(idx):
+                out[i] = current[j]
+            on_iteration(out, [idx[j] for j in live])
+
+        sub = run_em_members([models[i] for i in idx], data, placed, executor, [out[i] for i in idx],
+                             max_iter=limit, tol=tol, on_iteration=relay,
+                             resumed_at=[resumed_at[i] for i in idx])
+        for j, i in enumerate(idx):
+            out[i] = sub[j]
+    return out
+
+
+@dataclasses.dataclass
+class RestartsResult:
+    """The winner of ``n_init`` restarts of one model, and a summary of every restart."""
+
+    best: EMState
+    best_restart: int
+    restarts: list[dict[str, Any]]
+    resumed_from: int | None
+    states: list[EMState]
+
+
 def fit_with_restarts(
     model: EMModel,
     data: PartitionedData,
@@ -116,86 +263,26 @@ def fit_with_restarts(
     *,
     n_init: int,
     initial_params: Callable[[int], Any],
-    initial_lower_bound: float = -math.inf,
     params_cls: type,
     max_iter: int,
     tol: float,
+    initial_lower_bound: float = -math.inf,
     run_dir: RunDirectory | None = None,
     checkpoint_every: int = 1,
     callback: Callback | None = None,
-) -> FitResult:
-    """Fit ``n_init`` restarts and keep the one with the best lower bound.
+) -> RestartsResult:
+    """``n_init`` restarts of one model sharing every data pass; the best lower bound wins.
 
-    With ``run_dir`` a checkpoint is written after initialisation, after
-    every ``checkpoint_every`` iterations, and at the end of each restart;
-    an existing matching checkpoint is resumed.
+    ``initial_params(restart)`` gives each restart's start. Each restart ends
+    bitwise equal to a fit of that restart alone.
     """
-    restart, step = 0, 0
-    current: EMState | None = None
-    best: EMState | None = None
-    best_restart = -1
-    restarts: list[dict[str, Any]] = []
-    resumed_from = None
-    if run_dir is not None and (loaded := run_dir.load()) is not None:
-        meta, arrays = loaded
-        restart, step = int(meta["restart"]), int(meta["step"])
-        restarts = list(meta.get("restarts", []))
-        if meta.get("current") is not None:
-            current = _state_from(meta["current"], arrays, "current", params_cls)
-        if meta.get("best") is not None:
-            best = _state_from(meta["best"], arrays, "best", params_cls)
-            best_restart = int(meta["best_restart"])
-        resumed_from = step
-        # A finished, unconverged fit continues when max_iter was raised.
-        if (restart >= n_init and current is None and best is not None and not best.converged
-                and best.iteration < max_iter):
-            current, restart = best, best_restart
-            restarts = [r for r in restarts if r["restart"] != best_restart]
-
-    def emit(event: str, info: dict[str, Any]) -> None:
-        if callback is not None:
-            callback(event, info)
-
-    def save(cur: EMState | None, r: int) -> None:
-        nonlocal step
-        if run_dir is None:
-            return
-        step += 1  # checkpoint sequence number: names sort in write order
-        meta = {"restart": r, "n_init": n_init, "seed": run_dir.seed,
-                "current": None if cur is None else _state_json(cur),
-                "iteration": None if cur is None else cur.iteration,
-                "best": None if best is None else _state_json(best),
-                "best_restart": best_restart, "restarts": restarts,
-                "history": [] if cur is None else [h.to_json() for h in cur.history]}
-        run_dir.checkpointer.save(step, meta, {**_arrays(cur, "current"), **_arrays(best, "best")})
-
-    emit("start", {"n_samples": data.n_samples, "n_features": data.n_features,
-                   "n_partitions": data.n_partitions, "n_init": n_init, "max_iter": max_iter,
-                   "resumed_from": resumed_from, "dashboard_link": executor.dashboard_link})
-    while restart < n_init:
-        resumed_at = None
-        if current is None:
-            current = EMState(initial_params(restart), lower_bound=initial_lower_bound)
-            save(current, restart)
-        elif resumed_from is not None:
-            resumed_at = current.iteration
-
-        def on_iteration(state: EMState, r: int = restart) -> None:
-            rec = state.history[-1]
-            emit("iteration", {"restart": r, **rec.to_json()})
-            if state.iteration % checkpoint_every == 0 or state.converged or state.iteration >= max_iter:
-                save(state, r)
-
-        current = run_em(model, data, placed, executor, current, max_iter=max_iter, tol=tol,
-                         on_iteration=on_iteration, resumed_at=resumed_at)
-        restarts.append({"restart": restart, "lower_bound": current.lower_bound,
-                         "n_iter": current.iteration, "converged": current.converged})
-        if best is None or current.lower_bound > best.lower_bound or math.isnan(best.lower_bound):
-            best, best_restart = current, restart
-        current = None
-        restart += 1
-        save(None, restart)
-    assert best is not None
-    emit("end", {"converged": best.converged, "n_iter": best.iteration,
-                 "lower_bound": best.lower_bound, "best_restart": best_restart})
-    return FitResult(best, best_restart, restarts, resumed_from)
+    result = fit_members(
+        [model] * n_init, data, placed, executor,
+        initial_params=lambda idx: [initial_params(i) for i in idx], params_cls=params_cls,
+        max_iter=max_iter, tol=tol, run_dir=run_dir, checkpoint_every=checkpoint_every,
+        callback=callback, initial_lower_bound=initial_lower_bound,
+    )
+    b = result.best_index()
+    restarts = [{"restart": i, "lower_bound": s.lower_bound, "n_iter": s.iteration, "converged": s.converged}
+                for i, s in enumerate(result.states)]
+    return RestartsResult(result.states[b], b, restarts, result.resumed_from, result.states)
