@@ -89,6 +89,35 @@ def _float(minimum: float = 0.0) -> Check:
     return check
 
 
+def _components(v: Any) -> Any:
+    """An integer >= 1, or a list of distinct ones (model selection by BIC)."""
+    one = _int(1)
+    if isinstance(v, (list, tuple)):
+        if not v:
+            raise _Invalid("an integer >= 1 or a non-empty list of them")
+        try:
+            out = [one(x) for x in v]
+        except _Invalid:
+            raise _Invalid("an integer >= 1 or a list of them") from None
+        if len(set(out)) != len(out):
+            raise _Invalid("a list without repeated values")
+        return out
+    try:
+        return one(v)
+    except _Invalid:
+        raise _Invalid("an integer >= 1 or a list of them") from None
+
+
+def _beta(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = _number(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+        raise _Invalid("a number in (0, 1] or null")
+    return float(v)
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -206,9 +235,10 @@ class ModelConfig:
     """``model``: which latent-variable model."""
 
     kind: str = _field("gmm", _choice(MODEL_KINDS), "model family")
-    n_components: int = _field(1, _int(1), "mixture components")
+    n_components: Any = _field(1, _components, "mixture components, or a list of candidates (lowest BIC wins)")
     covariance_type: str = _field("full", _choice(COVARIANCE_TYPES), "covariance structure")
     reg_covar: float = _field(1e-6, _float(0.0), "added to covariance diagonals")
+    missing: str = _field("error", _choice(("error", "em")), "NaN: error, or em (missing at random, fitted by EM)")
 
 
 @dataclasses.dataclass
@@ -218,11 +248,13 @@ class FitConfig:
     max_iter: int = _field(100, _int(1), "iterations at most")
     tol: float = _field(1e-3, _float(0.0), "stop when |Δ mean log-likelihood| < tol")
     n_init: int = _field(1, _int(1), "initialisations; the best is kept")
-    init_params: str = _field("kmeans", _choice(INIT_METHODS), "how initial centres are placed")
+    init_params: str = _field("k-means||", _choice(INIT_METHODS), "how initial centres are placed")
     random_state: int | None = _field(0, _int(0, optional=True), "seed (null: a fresh one)")
     partition_rows: int | None = _field(None, _int(1, optional=True), "rows per task, whole chunks (null: automatic, 1/16 of the data within 16-128 MiB)")
     fan_in: int = _field(8, _int(2), "children per node of the reduction tree")
     cache: Any = _field("auto", _cache, "keep partitions in worker memory")
+    beta_init: float | None = _field(None, _beta, "deterministic annealing: first inverse temperature (null: off)")
+    beta_rate: float = _field(2.0, _float(1.000001), "annealing: factor by which beta grows per stage")
 
 
 @dataclasses.dataclass
@@ -285,6 +317,7 @@ class Config:
             "n_components": m.n_components,
             "covariance_type": m.covariance_type,
             "reg_covar": m.reg_covar,
+            "missing": m.missing,
             "max_iter": f.max_iter,
             "tol": f.tol,
             "n_init": f.n_init,
@@ -293,6 +326,8 @@ class Config:
             "partition_rows": f.partition_rows,
             "fan_in": f.fan_in,
             "cache": f.cache,
+            "beta_init": f.beta_init,
+            "beta_rate": f.beta_rate,
             "checkpoint_dir": o.run_dir,
             "checkpoint_every": o.checkpoint_every,
             "keep_checkpoints": o.keep_checkpoints,

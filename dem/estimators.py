@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -15,9 +16,9 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
-from dem.core.engine import EMState
+from dem.core.engine import EMState, MemberStats
 from dem.core.executor import Executor
-from dem.core.fitting import RunDirectory, fit_with_restarts
+from dem.core.fitting import RunDirectory, fit_members
 from dem.core.reduction import DEFAULT_FAN_IN
 from dem.data.partitions import PartitionedData, as_partitioned
 from dem.errors import ConfigError, DataError
@@ -30,6 +31,7 @@ from dem.models.gmm import (
 )
 from dem.models.gmm import sample as gmm_sample
 from dem.models.gmm_missing import MissingDataGaussianMixtureModel
+from dem.models.kmeans_parallel import kmeans_parallel_centres
 
 MISSING_CHOICES = ("error", "em")  # issue #7
 
@@ -66,7 +68,50 @@ def _seed_from(random_state: Any) -> int:
 
 
 def _restart_seed(base: int, restart: int) -> int:
-    return int(np.random.SeedSequence([base, restart]).generate_state(2, np.uint64)[0] >> 1)
+    # Restart r of random_state=s starts exactly like restart 0 of random_state=s+r,
+    # so n_init=R equals R single fits with seeds s, s+1, …, s+R-1.
+    return int(np.random.SeedSequence([base + restart]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _sample_members(shared: tuple, X: np.ndarray, w: Any, start: int) -> tuple[list, bool]:
+    sampler, specs = shared
+    # Whether the partition holds NaN decides if k-means‖ (complete rows only) can run.
+    has_nan = bool(np.isnan(np.asarray(X)).any()) if np.asarray(X[:0]).dtype.kind == "f" else False
+    return [sampler(spec, X, w, start) for spec in specs], has_nan
+
+
+def _assign_members(shared: tuple, X: np.ndarray, w: Any, start: int) -> MemberStats:
+    # One read of the partition turns every member's centres into statistics.
+    return MemberStats(tuple(
+        model.assignment_stats(p, X, w, start, responsibilities=how, seed=(seed, start))
+        for model, p, how, seed in shared
+    ))
+
+
+#: Annealing's kick at each new temperature, in units of a component's standard deviation.
+#: Merged components sit on a saddle that EM leaves slowly; 1% kicks were measured to
+#: leave them merged until |Δ| < tol, 30% lets the split happen within a stage.
+_PERTURBATION = 0.3
+
+
+def _perturb_means(params: GMMParams, covariance_type: str, seed: tuple) -> GMMParams:
+    """Means moved by a fraction of each component's spread, in a seeded random direction.
+
+    At high temperature annealing merges components; exactly merged ones would
+    stay merged, so each new temperature starts from separated copies and the
+    unstable merged state splits where the data supports it (Rose, 1998).
+    """
+    rng = np.random.default_rng(list(seed) + [13])
+    cov = params.covariances
+    var = {"full": lambda: np.diagonal(cov, axis1=1, axis2=2).mean(axis=1),
+           "tied": lambda: np.full(len(params.weights), np.diag(cov).mean()),
+           "diag": lambda: cov.mean(axis=1), "spherical": lambda: cov}[covariance_type]()
+    step = _PERTURBATION * np.sqrt(var)[:, None] * rng.standard_normal(params.means.shape)
+    return dataclasses.replace(params, means=params.means + step)
+
+
+def _score_members(shared: tuple, X: np.ndarray, w: Any, start: int) -> MemberStats:
+    return MemberStats(tuple(model.e_step(p, X, w, start) for model, p in shared))
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -78,7 +123,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     Parameters
     ----------
-    n_components : int, default=1
+    n_components : int or list of int, default=1
+        A list fits every candidate in the same data passes and keeps the one
+        with the lowest BIC (``n_components_``, ``model_selection_``).
     covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
     tol : float, default=1e-3
         Convergence threshold on the change of the mean log-likelihood.
@@ -86,17 +133,34 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Added to the diagonal of covariances.
     max_iter : int, default=100
     n_init : int, default=1
-        Number of initialisations; the best lower bound is kept.
-    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default="kmeans"
-        How initial centres are placed. Centres are computed on a sample of
-        up to ``max(20000, 200·n_components)`` rows drawn evenly from every
-        partition; one pass over all data then turns them into weights,
-        means and covariances.
+        Number of initialisations; the best lower bound is kept. Restarts
+        share every data pass (each partition is read once per iteration for
+        all of them) and a converged restart stops costing compute. Restart r
+        of ``random_state=s`` is exactly the fit with ``random_state=s+r``.
+    init_params : {"k-means||", "kmeans", "k-means++", "random", "random_from_data"}, default="k-means||"
+        How initial centres are placed. ``"k-means||"`` is scalable k-means++
+        (Bahmani et al., 2012) over all partitions: 2 oversampling passes, a
+        weighting pass, weighted k-means of the candidates on the driver. The
+        others work on a sample of up to ``max(20000, 200·n_components)`` rows
+        drawn evenly from every partition (``"kmeans"`` is k-means on it, as
+        scikit-learn's default does on all of X). One pass over all data then
+        turns the centres into weights, means and covariances. All restarts
+        and candidate K share these passes.
     weights_init, means_init, precisions_init : array-like, optional
         User-supplied initial parameters (they override ``init_params``).
     random_state : int, RandomState, Generator or None
     warm_start : bool, default=False
         Start from the previous fit's parameters (``n_init`` is then 1).
+    beta_init : float, optional
+        Deterministic annealing (Ueda & Nakano, 1998): EM first runs at inverse
+        temperature β = ``beta_init`` (responsibilities ∝ (w_k N_k(x))^β,
+        which smooths the likelihood surface), then β is multiplied by
+        ``beta_rate`` until it reaches 1; each stage iterates until the tempered
+        objective changes by less than ``tol`` (at most ``max_iter`` iterations),
+        then plain EM finishes. Use it when restarts keep finding poor local
+        optima (overlapping or very unequal components). ``None``: plain EM.
+    beta_rate : float, default=2.0
+        Factor by which β grows between annealing stages.
     verbose : int, default=0
         1 prints one line per iteration.
     verbose_interval : int, default=10
@@ -111,7 +175,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Children per node of the reduction tree.
     cache : {"auto", True, False}, default="auto"
         Keep partitions in (worker) memory between iterations. ``"auto"``
-        caches when the data takes at most half the cluster's memory.
+        caches when the data takes at most half the cluster's memory (a
+        quarter of this machine's without a cluster), and streams otherwise.
     checkpoint_dir : str, optional
         Run directory (local path or fsspec URL) for checkpoints, history and
         the final model (``model.zarr``). A fit given a directory that already
@@ -141,6 +206,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Mean log-likelihood of the last E-step of the best initialisation.
     lower_bounds_ : list of float
         ``lower_bound_`` at each iteration of the best initialisation.
+    n_components_ : int
+        The number of components of the fitted model (the BIC choice when
+        ``n_components`` is a list).
+    restarts_ : list of dict
+        Every member fitted (n_components, restart, lower_bound, n_iter,
+        converged, history).
+    model_selection_ : list of dict
+        Per candidate K: the best restart's log-likelihood on the data, BIC,
+        AIC (only when ``n_components`` is a list).
     history_ : list of dict
         Per iteration: mean log-likelihood, Δ, seconds, rows, notes.
     n_features_in_ : int
@@ -157,12 +231,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
-        init_params: str = "kmeans",
+        init_params: str = "k-means||",
         weights_init: Any = None,
         means_init: Any = None,
         precisions_init: Any = None,
         random_state: Any = None,
         warm_start: bool = False,
+        beta_init: float | None = None,
+        beta_rate: float = 2.0,
         verbose: int = 0,
         verbose_interval: int = 10,
         client: Any = None,
@@ -187,6 +263,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.precisions_init = precisions_init
         self.random_state = random_state
         self.warm_start = warm_start
+        self.beta_init = beta_init
+        self.beta_rate = beta_rate
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.client = client
@@ -212,7 +290,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not v >= 0 or not math.isfinite(v):
                 raise ConfigError(f"{name} must be a finite number >= 0; got {v!r}")
 
-        positive_int("n_components")
+        candidates = self.n_components if isinstance(self.n_components, (list, tuple)) else [self.n_components]
+        if not candidates or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1
+                                 for k in candidates):
+            raise ConfigError(f"n_components must be an integer >= 1 or a list of them; got {self.n_components!r}")
+        if len(set(candidates)) != len(candidates):
+            raise ConfigError(f"n_components lists a value twice: {list(candidates)}")
+        if len(candidates) > 1 and any(v is not None for v in (self.weights_init, self.means_init,
+                                                               self.precisions_init)):
+            raise ConfigError("weights_init/means_init/precisions_init need a single n_components, not a list")
+        if self.beta_init is not None:
+            b = self.beta_init
+            if isinstance(b, bool) or not isinstance(b, (int, float, np.number)) or not 0 < b <= 1:
+                raise ConfigError(f"beta_init must be in (0, 1]; got {b!r}")
+            r = self.beta_rate
+            if isinstance(r, bool) or not isinstance(r, (int, float, np.number)) or not r > 1 or not math.isfinite(r):
+                raise ConfigError(f"beta_rate must be a number > 1; got {r!r}")
         positive_int("max_iter", 0)
         positive_int("n_init")
         positive_int("fan_in", 2)
@@ -233,14 +326,30 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.partition_rows is not None:
             positive_int("partition_rows")
 
-    def _model(self) -> GaussianMixtureModel | MissingDataGaussianMixtureModel:
+    def _candidates(self) -> list[int]:
+        ks = self.n_components if isinstance(self.n_components, (list, tuple)) else [self.n_components]
+        return [int(k) for k in ks]
+
+    def _model(self, n_components: int | None = None) -> GaussianMixtureModel | MissingDataGaussianMixtureModel:
+        if n_components is None:
+            # A fitted model knows its K; before fitting only a single K is meaningful.
+            n_components = getattr(self, "n_components_", None) or self._candidates()[0]
         if self.missing == "em":  # issue #7: NaN are missing values
-            return MissingDataGaussianMixtureModel(int(self.n_components), self.covariance_type,
+            return MissingDataGaussianMixtureModel(int(n_components), self.covariance_type,
                                                    float(self.reg_covar))
-        return GaussianMixtureModel(int(self.n_components), self.covariance_type, float(self.reg_covar))
+        return GaussianMixtureModel(int(n_components), self.covariance_type, float(self.reg_covar))
+
+    def _annealing_betas(self) -> list[float]:
+        if self.beta_init is None:
+            return []
+        betas, b = [], float(self.beta_init)
+        while b < 1.0:
+            betas.append(b)
+            b *= float(self.beta_rate)
+        return betas
 
     def _check_initial_parameters(self, n_features: int) -> None:
-        K, D, ct = self.n_components, n_features, self.covariance_type
+        K, D, ct = self._candidates()[0], n_features, self.covariance_type
         if self.weights_init is not None:
             w = np.asarray(self.weights_init, dtype=np.float64)
             if w.shape != (K,):
@@ -269,51 +378,76 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             storage_options=storage_options,
             memory_per_thread=None if executor is None else executor.memory_per_thread(),
         )
-        if data.n_samples < self.n_components:
+        if data.n_samples < max(self._candidates()):
             raise DataError(
-                f"X has {data.n_samples} samples, fewer than n_components={self.n_components}"
+                f"X has {data.n_samples} samples, fewer than n_components={max(self._candidates())}"
             )
         return data
 
-    def _initial_params(self, model: GaussianMixtureModel, data: PartitionedData,
-                        placed: list, executor: Executor, seed: int) -> GMMParams:
-        K, D, ct = self.n_components, data.n_features, self.covariance_type
+    def _initial_params(self, members: list[tuple[int, int]], models: list, data: PartitionedData,
+                        placed: list, executor: Executor) -> list[GMMParams]:
+        """Starting parameters of every member (K, seed), sharing the data passes.
+
+        Passes: k-means‖ rounds (or one sampling pass for the sample-based
+        methods), then one assignment pass turning every member's centres
+        into weights, means and covariances.
+        """
+        D, ct = data.n_features, self.covariance_type
         user = (self.weights_init, self.means_init, self.precisions_init)
         if all(v is not None for v in user):
-            return model.params_from(self.weights_init, self.means_init, precisions=self.precisions_init)
-        total = gmm_init.sample_size(data.n_samples, K)
+            return [models[0].params_from(self.weights_init, self.means_init, precisions=self.precisions_init)
+                    for _ in members]
+        seeds = [seed for _, seed in members]
+        # A sample serves the sample-based methods and the fallback covariances.
+        total = gmm_init.sample_size(data.n_samples, max(k for k, _ in members))
         sampler = gmm_init.sample_partition_with_nan if self.missing == "em" else gmm_init.sample_partition
-        parts = executor.map(sampler, (seed, total, data.n_samples), placed, data.bounds)
-        sample = np.concatenate([p[0] for p in parts])
-        sw = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
-        if self.missing == "em":  # issue #7: centres from a NaN-tolerant sample
-            sample, sw, var = gmm_init.nan_tolerant_sample(sample, sw, K)
+        specs = tuple((seed, total, data.n_samples) for seed in seeds)
+        results = executor.map(_sample_members, (sampler, specs), placed, data.bounds)
+        parts = [r[0] for r in results]
+        method = self.init_params
+        if method == "k-means||" and any(r[1] for r in results):
+            method = "kmeans"  # distances need complete rows: centres from the NaN-tolerant sample
+        samples = []
+        for j in range(len(members)):
+            sample = np.concatenate([p[j][0] for p in parts])
+            sw = None if parts[0][j][1] is None else np.concatenate([p[j][1] for p in parts])
+            if self.missing == "em":  # issue #7: centres from a NaN-tolerant sample
+                sample, sw, var = gmm_init.nan_tolerant_sample(sample, sw, members[j][0])
+            else:
+                var = np.var(sample, axis=0)
+            samples.append((sample, sw, var))
+        if method == "k-means||":
+            centres = kmeans_parallel_centres(
+                lambda fn, shared: executor.map(fn, shared, placed, data.bounds),
+                lambda i: data.read_rows(i, i + 1)[0], data.n_samples,
+                [k for k, _ in members], seeds,
+            )
         else:
-            var = np.var(sample, axis=0)
-        centres = gmm_init.centres(self.init_params, sample, sw, K, seed)
-        var = np.maximum(var, 1e-12) + self.reg_covar
-        cov0 = {
-            "full": np.repeat(np.diag(var)[None], K, axis=0),
-            "tied": np.diag(var),
-            "diag": np.repeat(var[None], K, axis=0),
-            "spherical": np.full(K, var.mean()),
-        }[ct]
-        pseudo = model.params_from(np.full(K, 1.0 / K), centres, covariances=cov0)
-        how = "random" if self.init_params == "random" else "nearest"
-
-        def assign(p: GMMParams, X: np.ndarray, w: Any, start: int) -> Any:
-            return model.assignment_stats(p, X, w, start, responsibilities=how, seed=(seed, start))
-
-        stats = executor.map_reduce(assign, pseudo, placed, data.bounds)
-        params = model.m_step(stats, pseudo)
-        weights, means = params.weights, params.means
-        if self.weights_init is not None:
-            weights = np.asarray(self.weights_init, dtype=np.float64)
-        if self.means_init is not None:
-            means = np.asarray(self.means_init, dtype=np.float64)
-        if self.precisions_init is not None:
-            return model.params_from(weights, means, precisions=self.precisions_init)
-        return GMMParams(weights, means, params.covariances, params.precisions_cholesky)
+            centres = [gmm_init.centres(method, s_, sw, k, seed)
+                       for (s_, sw, _), (k, seed) in zip(samples, members)]
+        how = "random" if method == "random" else "nearest"
+        pseudo = []
+        for (k, seed), model, c, (_, _, var) in zip(members, models, centres, samples):
+            var = np.maximum(var, 1e-12) + self.reg_covar
+            cov0 = {"full": np.repeat(np.diag(var)[None], k, axis=0), "tied": np.diag(var),
+                    "diag": np.repeat(var[None], k, axis=0), "spherical": np.full(k, var.mean())}[ct]
+            pseudo.append(model.params_from(np.full(k, 1.0 / k), c, covariances=cov0))
+        summed = executor.map_reduce(
+            _assign_members, tuple((m, p, how, seed) for m, p, (_, seed) in zip(models, pseudo, members)),
+            placed, data.bounds)
+        out = []
+        for model, p0, stats in zip(models, pseudo, summed.members):
+            params = model.m_step(stats, p0)
+            weights, means = params.weights, params.means
+            if self.weights_init is not None:
+                weights = np.asarray(self.weights_init, dtype=np.float64)
+            if self.means_init is not None:
+                means = np.asarray(self.means_init, dtype=np.float64)
+            if self.precisions_init is not None:
+                out.append(model.params_from(weights, means, precisions=self.precisions_init))
+            else:
+                out.append(GMMParams(weights, means, params.covariances, params.precisions_cholesky))
+        return out
 
     def _use_cache(self, data: PartitionedData, executor: Executor) -> bool:
         if self.cache != "auto":
@@ -358,11 +492,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             saved_rows = RunDirectory.saved_partition_rows(os.fspath(self.checkpoint_dir), self.storage_options)
         data = self._partition(X, sample_weight, variable, self.storage_options, executor, saved_rows)
         self._check_initial_parameters(data.n_features)
-        model = self._model()
         warm = self.warm_start and hasattr(self, "converged_")
         if warm and self.checkpoint_dir is not None:
             raise ConfigError("warm_start cannot be combined with checkpoint_dir: a run directory resumes by itself")
-        n_init = 1 if warm else self.n_init
         seed = _seed_from(self.random_state)
         run_dir = None
         if self.checkpoint_dir is not None:
@@ -373,21 +505,42 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
             seed = run_dir.seed
         placed = executor.place(data, self._use_cache(data, executor))
+        # Members: every candidate K × every restart, all sharing each data pass.
+        if warm:
+            members = [(int(self.n_components_), _restart_seed(seed, 0))]
+        else:
+            members = [(k, _restart_seed(seed, r)) for k in self._candidates() for r in range(self.n_init)]
+        n_init = 1 if warm else self.n_init
+        labels = [{"n_components": k, "restart": i % n_init} for i, (k, _) in enumerate(members)]
+        models = [self._model(k) for k, _ in members]
+        schedule = [[dataclasses.replace(m, beta=b) for m in models] for b in self._annealing_betas()]
         previous = self._params() if warm else None
 
-        def initial_params(restart: int) -> GMMParams:
+        def initial_params(indices: list[int]) -> list[GMMParams]:
             if previous is not None:
-                return previous
-            return self._initial_params(model, data, placed, executor, _restart_seed(seed, restart))
+                return [previous for _ in indices]
+            return self._initial_params([members[i] for i in indices], [models[i] for i in indices],
+                                        data, placed, executor)
 
-        result = fit_with_restarts(
-            model, data, placed, executor, n_init=n_init, initial_params=initial_params,
-            params_cls=GMMParams, max_iter=self.max_iter, tol=self.tol, run_dir=run_dir,
+        result = fit_members(
+            models, data, placed, executor, initial_params=initial_params, params_cls=GMMParams,
+            max_iter=self.max_iter, tol=self.tol, labels=labels, run_dir=run_dir,
+            checkpoint_every=self.checkpoint_every, schedule=schedule or None,
+            between_stages=lambda stage, states: [
+                dataclasses.replace(st, params=_perturb_means(st.params, self.covariance_type, (seed_, stage)))
+                for st, (_, seed_) in zip(states, members)],
             initial_lower_bound=self.lower_bound_ if warm else -math.inf,
-            checkpoint_every=self.checkpoint_every,
             callback=_chain(callback, self._progress_callback()),
         )
-        best = result.best
+        # Within a K the best lower bound wins (scikit-learn's rule); across K the lowest BIC.
+        winners = {k: result.best_index([i for i, (kk, _) in enumerate(members) if kk == k])
+                   for k in dict.fromkeys(k for k, _ in members)}
+        self.model_selection_ = []
+        if len(winners) > 1:
+            chosen = self._select_by_bic(winners, models, result, data, placed, executor)
+        else:
+            chosen = next(iter(winners.values()))
+        best = result.states[chosen]
         if not best.converged and self.max_iter > 0:
             warnings.warn(
                 f"EM did not converge in {self.max_iter} iterations (last Δ = "
@@ -396,15 +549,36 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 ConvergenceWarning,
                 stacklevel=3,
             )
+        self.n_components_ = members[chosen][0]
         self._set_fitted(best, data)
-        self.restarts_ = result.restarts
-        self.best_restart_ = result.best_restart
+        self.restarts_ = [{**labels[i], "lower_bound": st.lower_bound, "n_iter": st.iteration,
+                           "converged": st.converged, "history": [h.to_json() for h in st.history]}
+                          for i, st in enumerate(result.states)]
+        self.best_restart_ = labels[chosen]["restart"]
         for rec in best.history:
             for note in rec.notes:
                 if "empty" in note:
                     warnings.warn(f"iteration {rec.iteration}: {note}", EmptyComponentWarning, stacklevel=3)
         if run_dir is not None:
             self._write_run_outputs(run_dir)
+
+    def _select_by_bic(self, winners: dict[int, int], models: list, result: Any, data: PartitionedData,
+                       placed: list, executor: Executor) -> int:
+        """Score each K's best restart with its final parameters in one pass; lowest BIC wins."""
+        idx = list(winners.values())
+        summed = executor.map_reduce(
+            _score_members, tuple((models[i], result.states[i].params) for i in idx), placed, data.bounds)
+        n = data.n_samples
+        table = []
+        for (k, i), stats in zip(winners.items(), summed.members):
+            p = models[i].n_parameters(data.n_features)
+            ll = float(stats.log_likelihood)  # weighted total, as scikit-learn's score(X)·n unweighted
+            table.append({"n_components": k, "log_likelihood": ll, "mean_log_likelihood": ll / stats.weight_sum,
+                          "n_parameters": p, "bic": -2.0 * ll + p * math.log(n), "aic": -2.0 * ll + 2.0 * p,
+                          "n_iter": result.states[i].iteration, "converged": result.states[i].converged})
+        self.model_selection_ = table
+        best_k = min(table, key=lambda row: row["bic"])["n_components"]
+        return winners[best_k]
 
     def _fingerprint(self, data: PartitionedData) -> dict[str, Any]:
         def digest(v: Any) -> str | None:
@@ -415,7 +589,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return {
             "data": data.fingerprint(),
             "settings": {
-                "model": "gmm", "n_components": int(self.n_components),
+                "model": "gmm", "n_components": self._candidates(),
+                "missing": self.missing,
+                "annealing": self._annealing_betas(),
                 "covariance_type": self.covariance_type, "reg_covar": float(self.reg_covar),
                 "n_init": int(self.n_init), "init_params": self.init_params,
                 "weights_init": digest(self.weights_init), "means_init": digest(self.means_init),
@@ -428,6 +604,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _write_run_outputs(self, run_dir: RunDirectory) -> None:
         store = run_dir.store
         store.write_json(self.history_, "history.json")
+        store.write_json(self.restarts_, "restarts.json")
+        if self.model_selection_:
+            store.write_json(self.model_selection_, "model_selection.json")
         self.save(store.url.rstrip("/") + "/" + MODEL_DIRNAME, storage_options=self.storage_options)
 
     def _progress_callback(self):
@@ -472,7 +651,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         model = self._model()
         fn = {"score_samples": model.score_samples, "predict": model.predict,
               "predict_proba": model.predict_proba}[what]
-        K = self.n_components
+        K = self.n_components_
         if isinstance(X, (str, bytes)) or hasattr(X, "__fspath__"):
             import zarr
             node = zarr.open(store=str(X), mode="r")

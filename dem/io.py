@@ -21,7 +21,8 @@ FORMAT_VERSION = 1
 MODEL_DIRNAME = "model.zarr"
 
 _HYPERPARAMETERS = ("n_components", "covariance_type", "tol", "reg_covar", "max_iter",
-                    "n_init", "init_params", "partition_rows", "fan_in")
+                    "n_init", "init_params", "partition_rows", "fan_in", "missing", "beta_init",
+                    "beta_rate")
 
 
 def _cov_dims(covariance_type: str) -> tuple[str, ...]:
@@ -42,7 +43,7 @@ def model_dataset(est: Any) -> Any:
             "covariances": (dims, np.asarray(est.covariances_)),
             "precisions_cholesky": (dims, np.asarray(est.precisions_cholesky_)),
         },
-        coords={"component": np.arange(est.n_components), "feature": np.asarray(names)},
+        coords={"component": np.arange(len(est.weights_)), "feature": np.asarray(names)},
     )
     if "feature_" in dims:
         ds = ds.assign_coords(feature_=np.asarray(names))
@@ -121,6 +122,10 @@ def load(path: str, *, storage_options: dict | None = None) -> Any:
     version = ds.attrs.get("dem_format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path!r} has model format version {version!r}; this dem reads {FORMAT_VERSION}")
+    if str(ds.attrs.get("model_kind", "")).endswith("_hmm"):
+        from dem.hmm import load_hmm
+
+        return load_hmm(path, storage_options=storage_options)
     if ds.attrs.get("model_kind") != "gmm":
         raise CheckpointError(f"{path!r} holds a {ds.attrs.get('model_kind')!r} model, not a Gaussian mixture")
     hp = json.loads(ds.attrs["hyperparameters"])
@@ -136,6 +141,29 @@ def load(path: str, *, storage_options: dict | None = None) -> Any:
     est.history_ = json.loads(ds.attrs.get("history", "[]"))
     est.lower_bounds_ = [h["mean_log_likelihood"] for h in est.history_]
     est.n_features_in_ = est.means_.shape[1]
+    est.n_components_ = est.means_.shape[0]
     feats = ds["feature"].values
     est.feature_names_ = None if np.array_equal(feats, np.arange(len(feats))) else feats
     return est
+
+
+def params_dataset(est: Any) -> Any:
+    """The fitted parameters of ``est`` as an ``xarray.Dataset`` with named dims.
+
+    Variables ``weights`` (component), ``means`` (component, feature),
+    ``covariances`` and ``precisions`` (dims by ``covariance_type``: full
+    (component, feature, feature_), tied (feature, feature_), diag
+    (component, feature), spherical (component)) and
+    ``precisions_cholesky``. The ``feature`` and ``feature_`` coordinates
+    are the ``feature`` coordinate of the data the model was fitted on
+    (a DataArray's, or a Zarr group's ``feature`` array), else 0..D-1.
+    Attributes: ``covariance_type``, ``converged``, ``n_iter``,
+    ``lower_bound``.
+    """
+    ds = model_dataset(est)
+    dims = ds["covariances"].dims
+    ds["precisions"] = (dims, np.asarray(est.precisions_))
+    ds = ds[["weights", "means", "covariances", "precisions", "precisions_cholesky"]]
+    ds.attrs = {"covariance_type": est.covariance_type, "converged": bool(est.converged_),
+                "n_iter": int(est.n_iter_), "lower_bound": float(est.lower_bound_)}
+    return ds

@@ -177,7 +177,9 @@ def test_wrong_type_names_key_expectation_and_value(tmp_path: Path, text: str, k
 
 
 @pytest.mark.parametrize("override, key, expected", [
-    ("model.n_components=0", "model.n_components", "an integer >= 1"),
+    ("model.n_components=0", "model.n_components", "an integer >= 1 or a list of them"),
+    ("model.n_components=[2,2]", "model.n_components", "a list without repeated values"),
+    ("fit.beta_init=1.5", "fit.beta_init", "a number in (0, 1] or null"),
     ("fit.max_iter=-5", "fit.max_iter", "an integer >= 1"),
     ("fit.fan_in=1", "fit.fan_in", "an integer >= 2"),
     ("fit.tol=-1", "fit.tol", "a finite number >= 0"),
@@ -199,7 +201,7 @@ def test_invalid_covariance_type_lists_choices(tmp_path: Path) -> None:
 
 def test_invalid_choices(tmp_path: Path) -> None:
     assert "model.kind must be one of gmm" in error_of(tmp_path, "data: {path: d.zarr}\nmodel: {kind: hmm}\n")
-    assert "fit.init_params must be one of kmeans, k-means++" in error_of(
+    assert "fit.init_params must be one of k-means||, kmeans, k-means++" in error_of(
         tmp_path, "data: {path: d.zarr}\nfit: {init_params: best}\n")
     assert "data.generate.dtype must be one of float32, float64" in error_of(
         tmp_path, "data: {path: d.zarr, generate: {n_samples: 9, n_features: 2, n_components: 2, dtype: int8}}\n")

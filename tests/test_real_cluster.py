@@ -41,7 +41,7 @@ SCALES = np.array([1.0, 0.7, 1.3])
 N_PER_COMPONENT = 2000
 CHUNK_ROWS = 500
 PARTITION_ROWS = 1000  # 6 partitions of 2 chunks
-FIT_KWARGS = dict(random_state=0, max_iter=100, partition_rows=PARTITION_ROWS)
+FIT_KWARGS = dict(random_state=0, max_iter=100, partition_rows=PARTITION_ROWS, init_params="kmeans")
 REFUSAL_TIMEOUT = 5  # seconds a refused client may spend trying
 
 

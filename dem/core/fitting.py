@@ -137,6 +137,7 @@ def fit_members(
     callback: Callback | None = None,
     initial_lower_bound: float = -math.inf,
     schedule: list[list[EMModel]] | None = None,
+    between_stages: Callable[[int, list[EMState]], list[EMState]] | None = None,
 ) -> FitResult:
     """Fit several members (restarts, candidate K) over shared data passes.
 
@@ -146,7 +147,9 @@ def fit_members(
     initialisation, after every ``checkpoint_every`` passes and at the end;
     an existing matching checkpoint is resumed. ``schedule`` optionally
     lists per-stage models run before ``models`` (deterministic annealing:
-    each stage runs to convergence or ``max_iter`` iterations of its own).
+    each stage runs to convergence or ``max_iter`` iterations of its own);
+    ``between_stages(stage, states)`` may adjust the states before each new
+    stage (annealing perturbs the means so merged components can split).
     """
     n = len(models)
     labels = labels or [{"restart": i} for i in range(n)]
@@ -200,26 +203,34 @@ def fit_members(
             save(current, stage)
 
     while True:
-        limit = max_iter if stage == len(stages) - 1 else None
-        if limit is None:
-            # An annealing stage: up to max_iter more iterations, until converged at this temperature.
-            limit_each = [s.iteration + max_iter for s in states]
+        if len(stages) == 1:
+            states = run_em_members(stages[stage], data, placed, executor, states,
+                                    max_iter=max_iter, tol=tol, on_iteration=on_iteration,
+                                    resumed_at=resumed_at)
+        else:
+            # Every stage, the final one included, gets up to max_iter iterations of its own:
+            # count the member's iterations at earlier stages (other stage labels).
+            labels_now = [_stage_label(m) for m in stages[stage]]
+            limit_each = [sum(1 for h in s.history if h.stage != lab) + max_iter
+                          for s, lab in zip(states, labels_now)]
             states = _run_stage(stages[stage], data, placed, executor, states, limit_each, tol,
                                 on_iteration, resumed_at)
-        else:
-            states = run_em_members(stages[stage], data, placed, executor, states,
-                                    max_iter=limit, tol=tol, on_iteration=on_iteration,
-                                    resumed_at=resumed_at)
         resumed_at = [None] * n
         if stage == len(stages) - 1:
             break
         stage += 1
         # The next temperature starts afresh: nothing has converged at it yet.
         states = [dataclasses.replace(s, converged=False) for s in states]
+        if between_stages is not None:
+            states = between_stages(stage, states)
         save(states, stage)
     best = FitResult(states, resumed_from).best
     emit("end", {"converged": best.converged, "n_iter": best.iteration, "lower_bound": best.lower_bound})
     return FitResult(states, resumed_from)
+
+
+def _stage_label(model: EMModel) -> str | None:
+    return getattr(model, "stage", None)
 
 
 def _run_stage(models: list[EMModel], data: PartitionedData, placed: list[Any], executor: Executor,

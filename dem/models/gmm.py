@@ -222,6 +222,11 @@ class GaussianMixtureModel:
     covariance_type : {"full", "tied", "diag", "spherical"}
     reg_covar : float
         Added to the diagonal of every covariance in the M-step.
+    beta : float
+        Inverse temperature of deterministic annealing (Ueda & Nakano, 1998):
+        responsibilities are ``softmax(β·log(w_k N_k(x)))`` and the objective is
+        the tempered free energy ``(1/β)·Σ log Σ_k (w_k N_k(x))^β``, which EM
+        increases at fixed β. β = 1 is plain EM and the log-likelihood.
 
     Notes
     -----
@@ -238,6 +243,12 @@ class GaussianMixtureModel:
     n_components: int
     covariance_type: CovarianceType = "full"
     reg_covar: float = 1e-6
+    beta: float = 1.0
+
+    @property
+    def stage(self) -> str | None:
+        """The annealing temperature this model optimises at (None for plain EM)."""
+        return None if self.beta == 1.0 else f"beta={self.beta:.6g}"
 
     # -- densities ---------------------------------------------------------
 
@@ -404,12 +415,16 @@ class GaussianMixtureModel:
         for a in range(0, n, prep.rows):
             XcT = self._centred_block(prep, X, a, a + prep.rows)
             lp = self._log_prob_T(prep, XcT)
+            if self.beta != 1.0:
+                lp *= self.beta
             top = lp.max(axis=0)
             lp -= top
             np.exp(lp, out=lp)
             total = lp.sum(axis=0)
             with np.errstate(invalid="ignore", divide="ignore"):
                 lse = np.log(total, dtype=np.float64) + top
+                if self.beta != 1.0:
+                    lse /= self.beta  # the tempered free energy per row
             if not np.isfinite(lse).all():
                 _raise_non_finite(X, a, lse, row_offset)
             lp /= total  # responsibilities, (K, rows)

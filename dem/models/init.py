@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-INIT_METHODS: tuple[str, ...] = ("kmeans", "k-means++", "random", "random_from_data")
+INIT_METHODS: tuple[str, ...] = ("k-means||", "kmeans", "k-means++", "random", "random_from_data")
 
 #: Rows of the driver-side sample used to place the initial centres.
 def sample_size(n_samples: int, n_components: int) -> int:

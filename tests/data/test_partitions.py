@@ -259,7 +259,7 @@ def test_invalid_covariance_type(X):
 
 @pytest.mark.parametrize("n", [0, -1, 1.5])
 def test_invalid_n_components(X, n):
-    _raises(ConfigError, rf"n_components must be an integer >= 1; got {n}", lambda: _fit(X, n_components=n))
+    _raises(ConfigError, rf"n_components must be an integer >= 1 or a list of them; got {n}", lambda: _fit(X, n_components=n))
 
 
 def test_negative_tol(X):
