@@ -11,7 +11,9 @@ from dem.errors import CheckpointError, CollapsedComponentError, ConfigError, Da
 
 # Estimators pull in scikit-learn and dask; import them on first use (PEP 562)
 # so `dem --help` and config errors answer at once.
-_LAZY = {"GaussianMixture": ("dem.estimators", "GaussianMixture"), "load": ("dem.io", "load")}
+_LAZY = {"GaussianMixture": ("dem.estimators", "GaussianMixture"), "load": ("dem.io", "load"),
+         "GaussianHMM": ("dem.hmm", "GaussianHMM"), "CategoricalHMM": ("dem.hmm", "CategoricalHMM"),
+         "GMMHMM": ("dem.hmm", "GMMHMM")}
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +30,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GaussianMixture",
+    "GaussianHMM",
+    "CategoricalHMM",
+    "GMMHMM",
     "load",
     "DemError",
     "DataError",
