@@ -28,7 +28,8 @@ from dem.errors import ConfigError
 from dem.models.gmm import COVARIANCE_TYPES
 from dem.models.init import INIT_METHODS
 
-MODEL_KINDS = ("gmm",)
+MODEL_KINDS = ("gmm", "gaussian_hmm", "categorical_hmm", "gmm_hmm")
+HMM_KINDS = ("gaussian_hmm", "categorical_hmm", "gmm_hmm")
 ADDRESS_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
 
 
@@ -234,11 +235,15 @@ class DataConfig:
 class ModelConfig:
     """``model``: which latent-variable model."""
 
-    kind: str = _field("gmm", _choice(MODEL_KINDS), "model family")
+    kind: str = _field("gmm", _choice(MODEL_KINDS), "model family: gmm, gaussian_hmm, categorical_hmm, gmm_hmm")
     n_components: Any = _field(1, _components, "mixture components, or a list of candidates (lowest BIC wins)")
     covariance_type: str = _field("full", _choice(COVARIANCE_TYPES), "covariance structure")
     reg_covar: float = _field(1e-6, _float(0.0), "added to covariance diagonals")
     missing: str = _field("error", _choice(("error", "em")), "NaN: error, or em (missing at random, fitted by EM)")
+    n_mix: int = _field(1, _int(1), "HMM kinds: Gaussians per state (gmm_hmm)")
+    min_covar: float = _field(1e-3, _float(0.0), "HMM kinds: floor of initial covariances")
+    algorithm: str = _field("viterbi", _choice(("viterbi", "map")), "HMM kinds: decoder")
+    n_features: int | None = _field(None, _int(1, optional=True), "categorical_hmm: number of symbols (null: inferred)")
 
 
 @dataclasses.dataclass
@@ -333,6 +338,32 @@ class Config:
             "keep_checkpoints": o.keep_checkpoints,
             "storage_options": dict(self.data.storage_options) or None,
         }
+
+    def make_estimator(self, client: Any = None) -> Any:
+        """The estimator ``model.kind`` names, configured from every section."""
+        if self.model.kind == "gmm":
+            import dem
+
+            return dem.GaussianMixture(**self.estimator_kwargs(), client=client)
+        from dem import hmm
+
+        m, f, o = self.model, self.fit, self.output
+        common = dict(n_components=m.n_components, n_iter=f.max_iter, tol=f.tol, random_state=f.random_state,
+                      algorithm=m.algorithm, n_init=f.n_init, partition_rows=f.partition_rows, fan_in=f.fan_in,
+                      cache=f.cache, checkpoint_dir=o.run_dir, checkpoint_every=o.checkpoint_every,
+                      keep_checkpoints=o.keep_checkpoints,
+                      storage_options=dict(self.data.storage_options) or None, client=client)
+        if m.kind == "categorical_hmm":
+            return hmm.CategoricalHMM(n_features=m.n_features, **common)
+        if m.kind == "gmm_hmm":
+            return hmm.GMMHMM(n_mix=m.n_mix, min_covar=m.min_covar, covariance_type=m.covariance_type, **common)
+        return hmm.GaussianHMM(min_covar=m.min_covar, covariance_type=m.covariance_type, **common)
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the estimator's ``fit`` besides the data and the callback."""
+        if self.model.kind == "gmm":
+            return {"sample_weight": self.data.weights, "variable": self.data.variable}
+        return {}
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "fit": FitConfig,
@@ -557,6 +588,18 @@ def _check_consistency(cfg: Config, src: _Source, require_data: bool) -> None:
                               f"is generated; got data.weights={cfg.data.weights!r}")
         if cfg.data.variable != "X":
             raise ConfigError(f"data.variable must be 'X' for generated data; got {cfg.data.variable!r}")
+    if cfg.model.kind in HMM_KINDS:
+        m = cfg.model
+        if isinstance(m.n_components, list):
+            raise ConfigError(f"model.n_components must be a single integer for model.kind={m.kind}; "
+                              f"got {m.n_components}")
+        for key, value, default in (("model.missing", m.missing, "error"), ("data.weights", cfg.data.weights, None),
+                                    ("fit.beta_init", cfg.fit.beta_init, None)):
+            if value != default:
+                raise ConfigError(f"{key} is not available for model.kind={m.kind}; got {value!r}")
+        if gen is not None:
+            raise ConfigError(f"data.generate writes Gaussian-mixture data, not sequences for model.kind={m.kind}: "
+                              "write them with dem.data.sequences.generate_hmm_dataset")
     sec = cfg.cluster.security
     if sec is not None:
         if cfg.cluster.address is None or not cfg.cluster.address.startswith("tls://"):
