@@ -13,7 +13,7 @@ from dem.errors import CheckpointError, CollapsedComponentError, ConfigError, Da
 # so `dem --help` and config errors answer at once.
 _LAZY = {"GaussianMixture": ("dem.estimators", "GaussianMixture"), "load": ("dem.io", "load"),
          "GaussianHMM": ("dem.hmm", "GaussianHMM"), "CategoricalHMM": ("dem.hmm", "CategoricalHMM"),
-         "GMMHMM": ("dem.hmm", "GMMHMM")}
+         "GMMHMM": ("dem.hmm", "GMMHMM"), "params_dataset": ("dem.io", "params_dataset")}
 
 
 def __getattr__(name: str) -> Any:
@@ -34,6 +34,7 @@ __all__ = [
     "CategoricalHMM",
     "GMMHMM",
     "load",
+    "params_dataset",
     "DemError",
     "DataError",
     "ConfigError",

@@ -760,6 +760,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # -- persistence -------------------------------------------------------
 
+    def params_dataset(self) -> Any:
+        """The fitted parameters as an ``xarray.Dataset`` with dims (component, feature, feature_).
+
+        Coordinates come from the ``feature`` coordinate of the data the model
+        was fitted on; see :func:`dem.io.params_dataset`.
+        """
+        from dem.io import params_dataset
+        return params_dataset(self)
+
     def save(self, path: str, *, storage_options: dict | None = None) -> None:
         """Write the fitted model as a Zarr group that ``xarray.open_zarr`` opens."""
         from dem.io import save_model

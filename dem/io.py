@@ -115,6 +115,12 @@ def load(path: str, *, storage_options: dict | None = None) -> Any:
             raise CheckpointError(f"no model at {path!r}: the path does not exist")
         if os.path.isdir(os.path.join(path, MODEL_DIRNAME)):
             path = os.path.join(path, MODEL_DIRNAME)
+    else:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        if fs.exists(f"{root.rstrip('/')}/{MODEL_DIRNAME}"):  # a run directory: its final model
+            path = f"{path.rstrip('/')}/{MODEL_DIRNAME}"
     try:
         ds = xr.open_zarr(path, storage_options=storage_options).load(scheduler="threads")
     except Exception as exc:

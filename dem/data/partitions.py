@@ -55,6 +55,29 @@ def auto_partition_bytes(nbytes: int, memory_per_thread: int | None = None) -> i
     return target
 
 
+class FrozenOptions(dict):
+    """A dict that hashes by content, for nested storage options (``client_kwargs``) in cache keys."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return FrozenOptions({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def hashable_options(storage_options: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """``storage_options`` as sorted (key, value) pairs, nested dicts and lists made hashable.
+
+    ``dict(result)`` gives the options back (nested dicts stay dicts) for fsspec.
+    """
+    return tuple(sorted((k, _frozen(v)) for k, v in (storage_options or {}).items()))
+
+
 @dataclasses.dataclass(frozen=True)
 class ZarrRows:
     """Where a task finds its rows: a Zarr array at ``url``/``path``."""
@@ -287,7 +310,7 @@ def from_zarr(
     import zarr
 
     url = str(url)
-    opts = tuple(sorted((storage_options or {}).items()))
+    opts = hashable_options(storage_options)
     if "://" not in url and not os.path.exists(url):
         raise DataError(f"no Zarr data at {url!r}: the path does not exist")
     try:

@@ -1,0 +1,642 @@
+"""Pictures of a fit: how EM converged, and where the components sit in the data.
+
+Both functions draw with matplotlib's Agg canvas on a new
+:class:`matplotlib.figure.Figure` (no pyplot, no GUI, no global backend
+switch, safe in threads and on headless machines), or on the axes you pass —
+e.g. from ``plt.subplots()`` in a notebook — and return the figure::
+
+    from dem.plots import plot_convergence, plot_components, sample_rows
+    plot_convergence(est).savefig("convergence.png")        # or a run directory
+    plot_components(est, sample_rows("data.zarr")).savefig("components.png")
+
+``dem fit`` writes both pictures into the run directory at the end
+(:func:`write_run_pictures`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+#: Rows of data drawn for the components picture.
+SAMPLE_ROWS = 20_000
+CONVERGENCE_PNG = "convergence.png"
+COMPONENTS_PNG = "components.png"
+#: Bytes read at most when sampling rows from Zarr chunks.
+_SAMPLE_READ_BYTES = 256 * 2**20
+_BEST_COLOUR = "#1f4e9c"
+_OTHER_COLOURS = ("#e07b39", "#3a9e5f", "#9b59b6", "#c0392b", "#7f8c8d", "#b8a200", "#17a2b8")
+_RESUMED_COLOUR = "#6c6c6c"
+
+
+def _new_figure(nrows: int = 1, figsize: tuple[float, float] = (7.0, 5.0), **subplot_kw: Any) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, 1, squeeze=False, **subplot_kw)[:, 0]
+    return fig, axes
+
+
+# -- convergence ----------------------------------------------------------------
+
+@dataclasses.dataclass
+class Curve:
+    """One restart's history (a list of :attr:`GaussianMixture.history_`-style records)."""
+
+    restart: int
+    history: list[dict]
+    best: bool = False
+    name: str | None = None  # e.g. "n_components=3" for members that are not plain restarts
+
+    @property
+    def label(self) -> str:
+        return self.name or f"restart {self.restart + 1}"
+
+
+@dataclasses.dataclass
+class ConvergenceData:
+    """What :func:`plot_convergence` draws, gathered from any of its sources."""
+
+    curves: list[Curve]
+    #: Restarts known only by their summary: (restart, n_iter, lower_bound, converged).
+    endpoints: list[tuple[int, int, float, bool]] = dataclasses.field(default_factory=list)
+    tol: float | None = None
+    converged: bool | None = None
+
+
+def _records(history: Any) -> list[dict]:
+    out = []
+    for h in history or []:
+        rec = h.to_json() if hasattr(h, "to_json") else dict(h)
+        out.append(rec)
+    return out
+
+
+_SUMMARY_KEYS = {"restart", "lower_bound", "n_iter", "converged", "history"}
+
+
+def _same_history(a: Sequence[Mapping], b: Sequence[Mapping]) -> bool:
+    return len(a) == len(b) and all(x.get("mean_log_likelihood") == y.get("mean_log_likelihood")
+                                    for x, y in zip(a, b))
+
+
+def _member_name(label: Mapping | None) -> str | None:
+    """``n_components=3 #1`` for members labelled by more than their restart; None for plain restarts."""
+    extra = {k: v for k, v in (label or {}).items() if k not in _SUMMARY_KEYS}
+    if not extra:
+        return None
+    return " ".join(f"{k}={v}" for k, v in extra.items()) + f" #{int((label or {}).get('restart', 0)) + 1}"
+
+
+def _summary_is(curve: Curve, r: Mapping) -> bool:
+    """Whether restart summary ``r`` describes ``curve``."""
+    if not curve.history:
+        return False
+    if r.get("history"):
+        return _same_history(_records(r["history"]), curve.history)
+    last = curve.history[-1]
+    return (r.get("lower_bound") == last.get("mean_log_likelihood")
+            and int(r.get("n_iter", -1)) == int(last.get("iteration", -2)))
+
+
+def _from_restart_summaries(data: ConvergenceData, restarts: Sequence[Mapping],
+                            extra: Mapping[int, Sequence] | None) -> None:
+    """Add the restarts known by summary (``restarts_``, checkpoint ``restarts``) not drawn yet.
+
+    A summary with a history becomes a curve; one without gets the history
+    from ``extra`` (by restart index) when there is one, else a marker at its
+    final value.
+    """
+    extra = dict(extra or {})
+    named = any(_member_name(r) for r in restarts or [])
+    for i, r in enumerate(restarts or []):
+        match = next((c for c in data.curves if _summary_is(c, r)), None)
+        if match is not None:
+            match.name = match.name or _member_name(r)
+            continue
+        k = i if named else int(r.get("restart", i))
+        if not named and any(c.restart == k for c in data.curves):
+            continue
+        hist = r.get("history") or (None if named else extra.get(k))
+        if hist:
+            data.curves.append(Curve(k, _records(hist), name=_member_name(r)))
+        elif r.get("n_iter") is not None and r.get("lower_bound") is not None:
+            data.endpoints.append((k, int(r["n_iter"]), float(r["lower_bound"]), bool(r.get("converged"))))
+
+
+def _read_run_dir(url: str, storage_options: dict | None,
+                  extra: Mapping[int, Sequence] | None = None) -> ConvergenceData:
+    import yaml
+
+    from dem.core.checkpoint import Checkpointer, RunStore
+
+    store = RunStore(url, storage_options if "://" in url else None)
+    meta: dict = {}
+    found = Checkpointer(store).load_latest()
+    if found is not None:
+        meta = found[0] or {}
+    tol = None
+    if store.exists("config.yaml"):
+        try:
+            cfg = yaml.safe_load(store.read_bytes("config.yaml").decode("utf-8")) or {}
+            tol = (cfg.get("fit") or {}).get("tol")
+        except Exception:
+            tol = None
+    data = ConvergenceData([], tol=None if tol is None else float(tol))
+    final = None
+    if store.exists("history.json"):
+        final = store.read_json("history.json")
+        if isinstance(final, dict):
+            final = final.get("history", [])
+        final = _records(final)
+    members = meta.get("members")
+    if members:
+        # Restarts that share data passes: every member's full state is in the checkpoint.
+        labels = meta.get("labels") or [{"restart": i} for i in range(len(members))]
+        labels = [labels[i] if i < len(labels) else {"restart": i} for i in range(len(members))]
+        named = any(_member_name(lab) for lab in labels)
+        # Curves are numbered by member when members are more than restarts (candidate K).
+        states = [(i if named else int(labels[i].get("restart", i)), m) for i, m in enumerate(members)]
+        best_i = None
+        if final is not None:
+            best_i = next((i for i, (_, m) in enumerate(states) if _same_history(m.get("history") or [], final)),
+                          None)
+        if best_i is None:
+            lbs = [float(m.get("lower_bound", -math.inf)) for _, m in states]
+            best_i = int(np.argmax(lbs)) if lbs else None
+        for i, (restart, m) in enumerate(states):
+            data.curves.append(Curve(restart, _records(m.get("history")), best=i == best_i,
+                                     name=_member_name(labels[i])))
+        if best_i is not None:
+            data.converged = bool(states[best_i][1].get("converged"))
+        if final is not None and best_i is not None and not _same_history(states[best_i][1].get("history") or [],
+                                                                          final):
+            data.curves[best_i].history = final
+        return data
+    best_restart = meta.get("best_restart")
+    best_restart = None if best_restart is None or int(best_restart) < 0 else int(best_restart)
+    if final is not None:
+        data.curves.append(Curve(best_restart or 0, final, best=True))
+    else:
+        # An unfinished run: the best finished restart and the one in progress.
+        if meta.get("best"):
+            data.curves.append(Curve(best_restart or 0, _records(meta["best"].get("history")), best=True))
+        if meta.get("current") and int(meta.get("restart", 0)) != best_restart:
+            data.curves.append(Curve(int(meta.get("restart", 0)), _records(meta["current"].get("history")),
+                                     best=not data.curves))
+    if meta.get("best") and data.curves and data.curves[0].best:
+        data.converged = bool(meta["best"].get("converged"))
+    elif final and tol is not None and final[-1].get("delta") is not None:
+        data.converged = abs(final[-1]["delta"]) < float(tol)
+    _from_restart_summaries(data, meta.get("restarts") or [], extra)
+    if not data.curves and not data.endpoints:
+        raise FileNotFoundError(f"no history in {url!r}: neither history.json nor a checkpoint")
+    return data
+
+
+def convergence_data(source: Any, *, storage_options: dict | None = None,
+                     restart_histories: Mapping[int, Sequence] | None = None) -> ConvergenceData:
+    """Gather the curves :func:`plot_convergence` draws (see there for ``source``)."""
+    if isinstance(source, ConvergenceData):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return _read_run_dir(os.fspath(source), storage_options, restart_histories)
+    if hasattr(source, "history_"):
+        best = int(getattr(source, "best_restart_", 0) or 0)
+        data = ConvergenceData([Curve(best, _records(source.history_), best=True)],
+                               tol=float(getattr(source, "tol", 0.0) or 0.0) or None,
+                               converged=bool(getattr(source, "converged_", False)))
+        _from_restart_summaries(data, getattr(source, "restarts_", None) or [], restart_histories)
+        return data
+    if isinstance(source, Mapping):
+        curves = [Curve(int(k), _records(v)) for k, v in sorted(source.items())]
+        if curves:
+            best = max(curves, key=lambda c: c.history[-1]["mean_log_likelihood"] if c.history else -math.inf)
+            best.best = True
+        return ConvergenceData(curves)
+    records = _records(source)
+    if any("restart" in r for r in records):
+        groups: dict[int, list[dict]] = {}
+        for r in records:
+            groups.setdefault(int(r.get("restart", 0)), []).append(r)
+        return convergence_data(groups)
+    return ConvergenceData([Curve(0, records, best=True)])
+
+
+def plot_convergence(source: Any, ax: Any = None, *, storage_options: dict | None = None,
+                     restart_histories: Mapping[int, Sequence] | None = None) -> Any:
+    """Mean log-likelihood and |Δ| per iteration.
+
+    Parameters
+    ----------
+    source : fitted estimator, history, or run directory
+        A fitted :class:`dem.GaussianMixture` (its ``history_``, and its
+        other restarts from ``restarts_``); a history (list of per-iteration
+        dicts, records with a ``restart`` key are split by restart); a
+        mapping ``{restart: history}``; or a run directory (local path or
+        URL), read from ``history.json``, the newest checkpoint and
+        ``config.yaml``.
+    ax : matplotlib Axes, or a pair of Axes, optional
+        Where to draw: a pair gets the log-likelihood and |Δ| panels, a single
+        Axes only the log-likelihood. Default: a new figure with both panels.
+    storage_options : dict, optional
+        fsspec options for a run directory URL.
+    restart_histories : mapping, optional
+        ``{restart: history}`` for restarts the source holds only as a
+        summary (e.g. collected from ``fit(callback=...)``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The upper panel shows the best restart's curve (thick), the other
+        restarts (thin, or a cross at their final value when only their
+        summary is known) and dashed lines before iterations that followed a
+        resume. The lower panel shows |Δ| on a log scale with ``tol``;
+        iterations whose objective decreased are marked with red triangles.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    data = convergence_data(source, storage_options=storage_options, restart_histories=restart_histories)
+    if ax is None:
+        fig, (ax_ll, ax_d) = _new_figure(2, figsize=(7.5, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    elif isinstance(ax, (list, tuple, np.ndarray)):
+        ax_ll, ax_d = ax[0], ax[1]
+        fig = ax_ll.figure
+    else:
+        ax_ll, ax_d = ax, None
+        fig = ax.figure
+    several = len(data.curves) + len(data.endpoints) > 1
+    curves = sorted(data.curves, key=lambda c: (c.best, c.restart))  # best drawn last, on top
+    others = iter(_OTHER_COLOURS * 4)
+    resumed_at: set[int] = set()
+    for c in curves:
+        if not c.history:
+            continue
+        it = np.array([h["iteration"] for h in c.history], dtype=float)
+        ll = np.array([h["mean_log_likelihood"] for h in c.history], dtype=float)
+        colour = _BEST_COLOUR if c.best else next(others)
+        label = (c.label + (" (best)" if c.best else "")) if several else "mean log-likelihood"
+        style = dict(lw=2.2, ms=4, zorder=3, ls="-") if c.best else dict(lw=1.2, ms=3, alpha=0.8, zorder=2, ls="--")
+        ax_ll.plot(it, ll, "o", color=colour, label=label, gid=f"ll-restart-{c.restart}", **style)
+        if ax_d is not None:
+            d_rec = [(h["iteration"], h["delta"]) for h in c.history if h.get("delta") is not None]
+            if d_rec:
+                dx = np.array([r[0] for r in d_rec], dtype=float)
+                dy = np.array([r[1] for r in d_rec], dtype=float)
+                ax_d.plot(dx, np.abs(dy), "o", color=colour, gid=f"delta-restart-{c.restart}", **style)
+                down = dy < 0
+                if down.any():
+                    ax_d.plot(dx[down], np.abs(dy[down]), "v", color="#d62728", ms=8, ls="none",
+                              gid=f"decrease-restart-{c.restart}", zorder=4,
+                              label="objective decreased")
+        resumed_at.update(int(h["iteration"]) for h in c.history if h.get("resumed"))
+    for k, (restart, n_iter, lb, conv) in enumerate(data.endpoints):
+        ax_ll.plot([n_iter], [lb], "X", ms=9, color=_OTHER_COLOURS[k % len(_OTHER_COLOURS)], ls="none",
+                   gid=f"endpoint-restart-{restart}", zorder=4,
+                   label=f"restart {restart + 1}: final ({'converged' if conv else 'not converged'})")
+    for i, x in enumerate(sorted(resumed_at)):
+        for a in (ax_ll, ax_d):
+            if a is None:
+                continue
+            a.axvline(x - 0.5, color=_RESUMED_COLOUR, ls="--", lw=1.2, gid="resumed", zorder=1,
+                      label="resumed here" if (a is ax_ll and i == 0) else None)
+        ax_ll.annotate("resumed", xy=(x - 0.5, 0.0), xycoords=("data", "axes fraction"), xytext=(3, 4),
+                       textcoords="offset points", fontsize=8, color=_RESUMED_COLOUR, rotation=90,
+                       va="bottom")
+    ax_ll.set_ylabel("mean log-likelihood")
+    ax_ll.ticklabel_format(axis="y", useOffset=False, style="plain")
+    ax_ll.grid(True, alpha=0.3)
+    ax_ll.xaxis.set_major_locator(MaxNLocator(integer=True))
+    n_best = next((len(c.history) for c in data.curves if c.best), 0)
+    title = "EM convergence"
+    if data.converged is not None and n_best:
+        title += f": {'converged' if data.converged else 'not converged'} after {n_best} iterations"
+    ax_ll.set_title(title)
+    if several or resumed_at:
+        ax_ll.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    if ax_d is not None:
+        ax_d.set_yscale("log")
+        if data.tol:
+            ax_d.axhline(data.tol, color="#2ca02c", ls=":", lw=1.5, gid="tol", label=f"tol = {data.tol:g}")
+        ax_d.set_ylabel("|Δ mean log-likelihood|")
+        ax_d.set_xlabel("iteration")
+        ax_d.grid(True, which="major", alpha=0.3)
+        ax_d.xaxis.set_major_locator(MaxNLocator(integer=True))
+        handles, labels = ax_d.get_legend_handles_labels()
+        if handles:
+            unique = dict(zip(labels, handles))
+            ax_d.legend(unique.values(), unique.keys(), loc="upper right", fontsize=8, framealpha=0.9)
+    else:
+        ax_ll.set_xlabel("iteration")
+    return fig
+
+
+# -- components -----------------------------------------------------------------
+
+def full_covariances(covariances: np.ndarray, covariance_type: str, n_components: int,
+                     n_features: int) -> np.ndarray:
+    """Covariances of any ``covariance_type`` as a (K, D, D) array."""
+    c = np.asarray(covariances, dtype=np.float64)
+    K, D = n_components, n_features
+    if covariance_type == "full":
+        return c.reshape(K, D, D)
+    if covariance_type == "tied":
+        return np.broadcast_to(c, (K, D, D)).copy()
+    if covariance_type == "diag":
+        return np.stack([np.diag(row) for row in c.reshape(K, D)])
+    if covariance_type == "spherical":
+        return c.reshape(K)[:, None, None] * np.eye(D)[None]
+    raise ValueError(f"unknown covariance_type {covariance_type!r}")
+
+
+@dataclasses.dataclass
+class Projection:
+    """A map from feature space to the picture's two axes: ``y = (x - centre) @ matrix``."""
+
+    matrix: np.ndarray  # (D, 2)
+    centre: np.ndarray  # (D,)
+    labels: tuple[str, str]
+
+    def points(self, X: np.ndarray) -> np.ndarray:
+        return (np.asarray(X, dtype=np.float64) - self.centre) @ self.matrix
+
+    def covariances(self, cov: np.ndarray) -> np.ndarray:
+        return np.einsum("di,kde,ej->kij", self.matrix, cov, self.matrix)
+
+
+def _feature_label(names: Any, j: int) -> str:
+    if names is not None and len(names) > j:
+        return f"{names[j]}"
+    return f"feature {j}"
+
+
+def projection_for(estimator: Any, X: np.ndarray | None, dims: Sequence[int] = (0, 1),
+                   projection: str | None = None) -> Projection:
+    """The 2-D projection :func:`plot_components` uses.
+
+    ``projection="pca"``: the two leading principal axes of the sample ``X``
+    (of the fitted mixture's own covariance when there is no sample), about
+    its mean. Otherwise the features ``dims``.
+    """
+    D = int(estimator.n_features_in_)
+    names = getattr(estimator, "feature_names_", None)
+    if projection not in (None, "dims", "pca"):
+        raise ValueError(f"projection must be None, 'dims' or 'pca'; got {projection!r}")
+    if projection == "pca":
+        if X is not None and len(X) > 1:
+            centre = X.mean(axis=0)
+            cov = np.cov(X, rowvar=False).reshape(D, D)
+        else:
+            w, mu = np.asarray(estimator.weights_), np.asarray(estimator.means_)
+            full = full_covariances(estimator.covariances_, estimator.covariance_type, len(w), D)
+            centre = w @ mu
+            dev = mu - centre
+            cov = np.einsum("k,kij->ij", w, full) + np.einsum("k,ki,kj->ij", w, dev, dev)
+        vals, vecs = np.linalg.eigh(cov)
+        order = np.argsort(vals)[::-1][:2]
+        matrix = vecs[:, order]
+        # A fixed sign (largest loading positive) so pictures do not flip between runs.
+        matrix = matrix * np.sign(matrix[np.abs(matrix).argmax(axis=0), [0, 1]])
+        share = vals[order] / max(vals.sum(), 1e-300)
+        return Projection(matrix, centre, (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)"))
+    i, j = (int(d) for d in dims)
+    if not (0 <= i < D and 0 <= j < D) or i == j:
+        raise ValueError(f"dims must be two different features in [0, {D}); got {tuple(dims)}")
+    matrix = np.zeros((D, 2))
+    matrix[i, 0] = matrix[j, 1] = 1.0
+    return Projection(matrix, np.zeros(D), (_feature_label(names, i), _feature_label(names, j)))
+
+
+def ellipse_geometry(cov2: np.ndarray, n_sigma: float) -> tuple[float, float, float]:
+    """(width, height, angle in degrees) of the ``n_sigma`` contour of a 2-D Gaussian."""
+    vals, vecs = np.linalg.eigh(np.asarray(cov2, dtype=np.float64))
+    vals = np.maximum(vals, 0.0)
+    major = vecs[:, 1]
+    angle = math.degrees(math.atan2(major[1], major[0]))
+    return 2 * n_sigma * math.sqrt(vals[1]), 2 * n_sigma * math.sqrt(vals[0]), angle
+
+
+def _as_numpy_rows(X: Any) -> tuple[np.ndarray | None, Any]:
+    """``X`` as a float64 matrix, and its feature names when xarray carries them."""
+    if X is None:
+        return None, None
+    names = None
+    if hasattr(X, "dims") and hasattr(X, "coords"):
+        X = X.transpose("sample", "feature")
+        if "feature" in X.coords:
+            names = np.asarray(X["feature"].values)
+        X = X.data
+    if hasattr(X, "compute"):
+        X = X.compute()
+    arr = np.asarray(X, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    return arr, names
+
+
+def plot_components(estimator: Any, X_sample: Any = None, ax: Any = None, *, dims: Sequence[int] = (0, 1),
+                    projection: str | None = None, max_points: int = SAMPLE_ROWS, seed: int = 0) -> Any:
+    """A sample of the data with the fitted components' 1σ and 2σ ellipses.
+
+    Parameters
+    ----------
+    estimator : fitted dem.GaussianMixture
+    X_sample : array-like (numpy, dask, xarray), optional
+        Rows to scatter, coloured by their most probable component; at most
+        ``max_points`` are drawn (a seeded random subset). See
+        :func:`sample_rows` to read a sample from Zarr.
+    ax : matplotlib Axes, optional
+    dims : pair of int, default (0, 1)
+        Features on the two axes (when ``projection`` is not ``"pca"``).
+    projection : {None, "pca"}
+        ``"pca"``: the two leading principal axes of the sample.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Each component is drawn as its projected mean (a cross), its 1σ
+        ellipse (filled, opacity growing with the weight) and 2σ ellipse
+        (dashed), labelled with its index and weight. With one feature, a
+        histogram of the sample with each weighted component density.
+    """
+    from matplotlib.patches import Ellipse
+
+    X, names = _as_numpy_rows(X_sample)
+    if X is not None:
+        X = X[np.isfinite(X).all(axis=1)]
+        if len(X) > max_points:
+            idx = np.sort(np.random.default_rng(seed).choice(len(X), max_points, replace=False))
+            X = X[idx]
+    if ax is None:
+        fig, (ax,) = _new_figure(1, figsize=(7.0, 6.0))
+    else:
+        fig = ax.figure
+    # The fitted number of components (n_components may list candidates when K was selected by BIC).
+    K, D = len(np.asarray(estimator.weights_)), int(estimator.n_features_in_)
+    weights = np.asarray(estimator.weights_, dtype=np.float64)
+    means = np.asarray(estimator.means_, dtype=np.float64)
+    cov = full_covariances(estimator.covariances_, estimator.covariance_type, K, D)
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if K <= 10 else "tab20"]
+    colours = [cmap(k % cmap.N) for k in range(K)]
+    if D == 1:
+        return _plot_components_1d(fig, ax, estimator, X, weights, means, cov, colours)
+    proj = projection_for(estimator, X, dims, projection)
+    centres = proj.points(means)
+    cov2 = proj.covariances(cov)
+    if X is not None and len(X):
+        labels = np.asarray(estimator.predict(X))
+        pts = proj.points(X)
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, c=[colours[k] for k in labels], alpha=0.3, linewidths=0,
+                   rasterized=True, gid="sample", zorder=1)
+    wmax = max(weights.max(), 1e-300)
+    for k in range(K):
+        strength = 0.25 + 0.75 * weights[k] / wmax
+        for n_sigma, style in ((1, dict(fill=True, facecolor=(*colours[k][:3], 0.18 * strength), lw=2.0, ls="-")),
+                               (2, dict(fill=False, lw=1.4, ls="--"))):
+            w, h, angle = ellipse_geometry(cov2[k], n_sigma)
+            # A white halo under the outline keeps it visible over dense points of its own colour.
+            ax.add_patch(Ellipse(tuple(centres[k]), w, h, angle=angle, fill=False, edgecolor="white",
+                                 lw=style["lw"] + 2.0, alpha=0.8, zorder=2.9, gid=f"halo-{k}-{n_sigma}sigma"))
+            ax.add_patch(Ellipse(tuple(centres[k]), w, h, angle=angle, edgecolor=(*colours[k][:3], strength),
+                                 gid=f"ellipse-{k}-{n_sigma}sigma", zorder=3, **style))
+        ax.plot([centres[k, 0]], [centres[k, 1]], marker="X", ms=10, color=colours[k], mec="black", mew=0.8,
+                ls="none", gid=f"mean-{k}", zorder=5)
+        ax.annotate(f"{k}: {weights[k]:.0%}", xy=tuple(centres[k]), xytext=(7, 7), textcoords="offset points",
+                    fontsize=9, fontweight="bold", color="black", zorder=6,
+                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=colours[k], alpha=0.85))
+    ax.autoscale_view()
+    if projection == "pca":
+        ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel(proj.labels[0])
+    ax.set_ylabel(proj.labels[1])
+    ax.grid(True, alpha=0.25)
+    n_pts = 0 if X is None else len(X)
+    ax.set_title(f"{K} components ({estimator.covariance_type} covariance): 1σ and 2σ ellipses"
+                 + (f"\n{n_pts:,} sample rows, coloured by most probable component" if n_pts else ""),
+                 fontsize=10)
+    return fig
+
+
+def _plot_components_1d(fig: Any, ax: Any, estimator: Any, X: np.ndarray | None, weights: np.ndarray,
+                        means: np.ndarray, cov: np.ndarray, colours: list) -> Any:
+    sd = np.sqrt(cov[:, 0, 0])
+    lo = min((means[:, 0] - 4 * sd).min(), X.min() if X is not None and len(X) else np.inf)
+    hi = max((means[:, 0] + 4 * sd).max(), X.max() if X is not None and len(X) else -np.inf)
+    grid = np.linspace(lo, hi, 400)
+    if X is not None and len(X):
+        ax.hist(X[:, 0], bins=80, density=True, color="#bbbbbb", gid="sample")
+    dens = weights[:, None] * np.exp(-0.5 * ((grid[None] - means[:, :1]) / sd[:, None]) ** 2) / (
+        sd[:, None] * math.sqrt(2 * math.pi))
+    for k in range(len(weights)):
+        ax.plot(grid, dens[k], color=colours[k], lw=1.5, gid=f"density-{k}", label=f"{k}: {weights[k]:.0%}")
+    ax.plot(grid, dens.sum(axis=0), color="black", lw=2, gid="mixture", label="mixture")
+    ax.set_xlabel(_feature_label(getattr(estimator, "feature_names_", None), 0))
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{len(weights)} components: weighted densities")
+    return fig
+
+
+# -- data sample and the run directory's pictures ---------------------------------
+
+def sample_rows(source: Any, n_rows: int = SAMPLE_ROWS, *, variable: str | None = None,
+                storage_options: dict | None = None, seed: int = 0) -> np.ndarray:
+    """Up to ``n_rows`` rows of ``source``, cheaply, for pictures.
+
+    A Zarr path/URL is read a few whole chunks at a time, spread evenly over
+    the array (at most ~256 MiB read whatever the data's size), and rows are
+    drawn at random from them; in-memory inputs are subsampled directly.
+    """
+    rng = np.random.default_rng(seed)
+    if isinstance(source, (str, os.PathLike)):
+        import zarr
+
+        node = zarr.open(store=os.fspath(source), mode="r", storage_options=storage_options or None)
+        arr = node[variable or "X"] if isinstance(node, zarr.Group) else node
+        n = int(arr.shape[0])
+        chunk = int(arr.chunks[0])
+        n_chunks = math.ceil(n / chunk)
+        chunk_bytes = chunk * int(np.prod(arr.shape[1:])) * arr.dtype.itemsize
+        budget = max(1, _SAMPLE_READ_BYTES // max(chunk_bytes, 1))
+        take = int(min(n_chunks, max(math.ceil(n_rows / chunk), min(16, budget))))
+        picks = np.unique(np.linspace(0, n_chunks - 1, take).round().astype(int))
+        per = math.ceil(n_rows / len(picks))
+        parts = []
+        for c in picks:
+            block = np.asarray(arr[c * chunk: min(n, (c + 1) * chunk)])
+            if len(block) > per:
+                block = block[np.sort(rng.choice(len(block), per, replace=False))]
+            parts.append(block)
+        X = np.concatenate(parts)
+    else:
+        if hasattr(source, "data_vars"):
+            source = source[variable or "X"]
+        X, _ = _as_numpy_rows(source)
+        assert X is not None
+    if len(X) > n_rows:
+        X = X[np.sort(rng.choice(len(X), n_rows, replace=False))]
+    return np.asarray(X)
+
+
+def _png_bytes(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _write_bytes(path: str, data: bytes, storage_options: dict | None) -> None:
+    if "://" in path:
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        fs.pipe_file(p, data)
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def write_run_pictures(estimator: Any, run_dir: str, data: Any = None, *, variable: str | None = None,
+                       storage_options: dict | None = None, convergence_source: Any = None,
+                       restart_histories: Mapping[int, Sequence] | None = None,
+                       n_rows: int = SAMPLE_ROWS) -> list[str]:
+    """Write ``convergence.png`` and ``components.png`` into ``run_dir``; returns their paths.
+
+    ``data`` (a Zarr path/URL or an array) supplies the sample of at most
+    ``n_rows`` rows drawn under the ellipses; ``projection="pca"`` is used
+    when the data has more than two features. ``convergence_source``
+    (default: the estimator) is what :func:`plot_convergence` reads — the
+    run directory itself holds every restart's history, resumed parts
+    included.
+    """
+    run_dir = os.fspath(run_dir)
+
+    def join(name: str) -> str:
+        return f"{run_dir.rstrip('/')}/{name}" if "://" in run_dir else os.path.join(run_dir, name)
+
+    written = []
+    source = estimator if convergence_source is None else convergence_source
+    fig = plot_convergence(source, storage_options=storage_options, restart_histories=restart_histories)
+    _write_bytes(join(CONVERGENCE_PNG), _png_bytes(fig), storage_options)
+    written.append(join(CONVERGENCE_PNG))
+    if not all(hasattr(estimator, a) for a in ("weights_", "means_", "covariances_", "covariance_type")):
+        return written  # not a Gaussian mixture: no ellipses to draw
+    sample = None
+    if data is not None:
+        sample = sample_rows(data, n_rows, variable=variable, storage_options=storage_options)
+    projection = "pca" if int(estimator.n_features_in_) > 2 else None
+    fig = plot_components(estimator, sample, projection=projection)
+    _write_bytes(join(COMPONENTS_PNG), _png_bytes(fig), storage_options)
+    written.append(join(COMPONENTS_PNG))
+    return written
+
