@@ -15,6 +15,7 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -30,6 +31,8 @@ from dem.core.checkpoint import POINTER as POINTER_NAME
 from dem.core.checkpoint import RUN_FILE as RUN_NAME
 from dem.errors import CheckpointError, ConfigError, DataError, DemError
 from dem.io import MODEL_DIRNAME as MODEL_NAME
+from dem.progress import ProgressDisplay
+from dem.progress import format_delta as _fmt_delta
 
 CONFIG_NAME = "config.yaml"
 HISTORY_NAME = "history.json"
@@ -38,11 +41,11 @@ _DEBUG = False
 #: The run directory being fitted, for the message after Ctrl-C.
 _CURRENT_RUN: str | None = None
 #: Keys ``dem resume`` may change: they extend a run without changing its path.
-RESUMABLE_KEYS = ("fit.max_iter", "fit.tol")
+RESUMABLE_KEYS = ("fit.max_iter", "fit.tol", "data.storage_options")
 #: Keys of data/model/fit that may differ between a run directory's config and
 #: a new one without making it another run: how long to iterate, and whether
 #: partitions are cached (results do not depend on it, nor on the cluster).
-_IGNORED_FOR_IDENTITY = {"fit.max_iter", "fit.tol", "fit.cache"}
+_IGNORED_FOR_IDENTITY = {"fit.max_iter", "fit.tol", "fit.cache", "data.storage_options"}
 
 # markup off: paths, keys and notes may hold [brackets] that rich would eat.
 out = Console(soft_wrap=True, highlight=False, markup=False)
@@ -192,6 +195,8 @@ def _preflight_data(cfg: Config) -> bool:
         if cfg.data.generate is not None:
             return True
         raise DataError(f"data.path {path!r} does not exist (set data.generate to create a synthetic dataset there)")
+    if cfg.model.kind != "gmm":
+        return False  # sequence data (X + offsets) is checked when the HMM opens it, before any write
     from dem.data.partitions import as_partitioned
 
     # Opens metadata only: shape, dtype, the variable and weights arrays.
@@ -250,87 +255,6 @@ def _start_cluster(cfg: Config) -> Cluster:
         raise
 
 
-def _fmt_delta(delta: Any) -> str:
-    if delta is None or (isinstance(delta, float) and math.isinf(delta)):
-        return "-"
-    return f"{delta:+.3e}"
-
-
-class ProgressDisplay:
-    """Shows a fit's events: a live table on a terminal, one line per iteration otherwise."""
-
-    def __init__(self, console: Console, dashboard_printed: bool = False) -> None:
-        self.console = console
-        self.live_mode = console.is_terminal
-        self.live: Any = None
-        self.rows: list[dict] = []
-        self.n_init = 1
-        self.dashboard_printed = dashboard_printed
-        self.saw_iterations = False
-
-    def __call__(self, event: str, info: dict) -> None:
-        if event == "start":
-            self._start(info)
-        elif event == "iteration":
-            self._iteration(info)
-        elif event == "end":
-            self.close()
-
-    def _start(self, info: dict) -> None:
-        self.n_init = int(info.get("n_init") or 1)
-        link = info.get("dashboard_link")
-        if link and not self.dashboard_printed:
-            self.console.print(f"dashboard: {link}")
-            self.dashboard_printed = True
-        n = info.get("n_samples")
-        self.console.print(
-            f"fitting {n if n is None else format(n, ',')} rows × {info.get('n_features', '?')} features in "
-            f"{info.get('n_partitions', '?')} partitions (n_init={self.n_init}, max_iter={info.get('max_iter')})"
-        )
-        if info.get("resumed_from"):
-            self.console.print(f"resuming after iteration {info['resumed_from']}")
-        if self.live_mode and self.live is None:
-            from rich.live import Live
-
-            self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
-            self.live.start()
-
-    def line(self, info: dict) -> str:
-        prefix = f"init {int(info.get('restart', 0)) + 1}/{self.n_init}  " if self.n_init > 1 else ""
-        notes = "; ".join(info.get("notes") or [])
-        return (f"{prefix}iteration {info['iteration']:>4}  mean log-likelihood {info['mean_log_likelihood']:.6f}"
-                f"  Δ {_fmt_delta(info.get('delta'))}  {info.get('seconds', float('nan')):.2f} s/iter"
-                + ("  (resumed)" if info.get("resumed") else "") + (f"  [{notes}]" if notes else ""))
-
-    def _iteration(self, info: dict) -> None:
-        self.saw_iterations = True
-        self.rows.append(info)
-        if self.live is not None:
-            self.live.update(self._table())
-        else:
-            self.console.print(self.line(info))
-
-    def _table(self) -> Table:
-        table = Table(title="EM iterations", expand=False)
-        if self.n_init > 1:
-            table.add_column("init", justify="right")
-        for name in ("iteration", "mean log-likelihood", "Δ", "s/iter", "notes"):
-            table.add_column(name, justify="left" if name == "notes" else "right")
-        for r in self.rows[-20:]:
-            cells = [str(r["iteration"]), f"{r['mean_log_likelihood']:.6f}", _fmt_delta(r.get("delta")),
-                     f"{r.get('seconds', float('nan')):.2f}",
-                     "; ".join((["resumed"] if r.get("resumed") else []) + list(r.get("notes") or []))]
-            if self.n_init > 1:
-                cells.insert(0, str(int(r.get("restart", 0)) + 1))
-            table.add_row(*cells)
-        return table
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
-
-
 def _model_is_current(path: str, est: Any, storage_options: dict | None) -> bool:
     """Whether ``path`` already holds this fit's final model (the estimator may have saved it)."""
     if not _exists(path, storage_options):
@@ -358,7 +282,7 @@ def run_fit(cfg: Config) -> Any:
 
     created = _first_missing(run_dir, opts)
     cluster = _start_cluster(cfg)
-    display = ProgressDisplay(out)
+    display = ProgressDisplay(out, tol=cfg.fit.tol)
     try:
         link = cluster.client.dashboard_link if cfg.cluster.dashboard else None
         if cfg.cluster.dashboard and cfg.cluster.address is None and importlib.util.find_spec("bokeh") is None:
@@ -372,13 +296,13 @@ def run_fit(cfg: Config) -> Any:
             out.print(f"output.overwrite: clearing the previous run in {run_dir}")
             _clear_run_dir(run_dir, opts)
         _makedirs(run_dir, opts)
-        _write_text(_join(run_dir, CONFIG_NAME), cfg.to_yaml(), opts)
+        _write_text(_join(run_dir, CONFIG_NAME), cfg.to_yaml(redact_secrets=True), opts)
         global _CURRENT_RUN
         _CURRENT_RUN = run_dir
-        est = dem.GaussianMixture(**cfg.estimator_kwargs(), client=cluster.client)
+        est = cfg.make_estimator(client=cluster.client)  # model.kind: a mixture or an HMM
         t0 = time.perf_counter()
         try:
-            est.fit(cfg.data.path, sample_weight=cfg.data.weights, variable=cfg.data.variable, callback=display)
+            est.fit(cfg.data.path, **cfg.fit_kwargs(), callback=display)
         except BaseException:
             display.close()
             if created is not None and not _exists(_join(run_dir, CHECKPOINTS_NAME), opts):
@@ -391,17 +315,40 @@ def run_fit(cfg: Config) -> Any:
             for rec in est.history_:
                 out.print(display.line(rec))
         model_path = _join(run_dir, MODEL_NAME)
-        if not _model_is_current(model_path, est, opts):
-            est.save(model_path, storage_options=opts)
+        if cfg.model.kind == "gmm" and not _model_is_current(model_path, est, opts):
+            est.save(model_path, storage_options=opts)  # HMMs save their model.zarr themselves
         _write_text(_join(run_dir, HISTORY_NAME), json.dumps(est.history_, indent=1), opts)
     finally:
         display.close()
         cluster.close()
-    status = "converged" if est.converged_ else "did not converge"
+    # Mixtures follow scikit-learn's names, HMMs hmmlearn's (monitor_); history_ is dem's, on both.
+    converged = est.converged_ if hasattr(est, "converged_") else est.monitor_.converged
+    last = est.history_[-1]["mean_log_likelihood"] if est.history_ else float("nan")
+    status = "converged" if converged else "did not converge"
     out.print(f"{status} after {est.n_iter_} iterations in {seconds:.1f} s; "
-              f"mean log-likelihood {est.lower_bound_:.6f}")
+              f"mean log-likelihood {getattr(est, 'lower_bound_', last):.6f}")
+    pictures = _write_pictures(cfg, est, display) if cfg.model.kind == "gmm" else []
+    if pictures:
+        out.print(f"pictures: {', '.join(pictures)}")
     out.print(f"run: {run_dir}  (model: {model_path}; `dem info {run_dir}` for details)")
     return est
+
+
+def _write_pictures(cfg: Config, est: Any, display: ProgressDisplay) -> list[str]:
+    """convergence.png and components.png in the run directory; a failure only warns."""
+    try:
+        from dem.plots import write_run_pictures
+
+        return write_run_pictures(
+            est, cfg.output.run_dir, cfg.data.path, variable=cfg.data.variable,
+            storage_options=cfg.data.storage_options or None, convergence_source=cfg.output.run_dir,
+            restart_histories=display.restart_histories())
+    except Exception as exc:  # pictures are a bonus: never fail a finished fit over them
+        if _DEBUG:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        err.print(f"warning: could not draw the pictures: {first}")
+        return []
 
 
 def _first_missing(path: str, storage_options: dict | None) -> str | None:
@@ -487,13 +434,14 @@ def fit(config: str, overrides: tuple[str, ...]) -> None:
 def resume(run_dir: str, overrides: tuple[str, ...]) -> None:
     """Continue the run in RUN_DIR from its last checkpoint.
 
-    Only fit.max_iter, fit.tol and cluster.* (where to run: a restarted
+    Only fit.max_iter, fit.tol, data.storage_options (credentials rotate, and
+    secrets are not kept in the run directory) and cluster.* (a restarted
     Kubernetes or SLURM job has a new scheduler address) may change.
     """
     for item in overrides:
         key = ".".join(parse_override(item)[0])
         if key not in RESUMABLE_KEYS and not key.startswith("cluster."):
-            raise ConfigError(f"dem resume can only change {' and '.join(RESUMABLE_KEYS)} and cluster.*; "
+            raise ConfigError(f"dem resume can only change {', '.join(RESUMABLE_KEYS)} and cluster.*; "
                               f"got --set {item!r} (start a new run with `dem fit` to change anything else)")
     path = _join(run_dir, CONFIG_NAME)
     if not os.path.exists(path):
@@ -506,9 +454,15 @@ def resume(run_dir: str, overrides: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.argument("path")
-@click.option("--samples", "n_samples", type=int, required=True, help="Rows.")
-@click.option("--features", "n_features", type=int, required=True, help="Columns.")
-@click.option("--components", "n_components", type=int, required=True, help="True mixture components.")
+@click.option("--kind", type=click.Choice(["gmm", "gaussian_hmm", "categorical_hmm", "gmm_hmm"]), default="gmm",
+              show_default=True, help="A Gaussian mixture, or sequences from an HMM (X + offsets).")
+@click.option("--samples", "n_samples", type=int, default=None, help="Rows (gmm).")
+@click.option("--sequences", "n_sequences", type=int, default=None, help="Sequences (HMM kinds).")
+@click.option("--length", type=int, default=None, help="Steps per sequence (HMM kinds).")
+@click.option("--features", "n_features", type=int, default=None,
+              help="Columns (symbols for categorical_hmm).")
+@click.option("--components", "n_components", type=int, required=True,
+              help="True mixture components, or hidden states.")
 @click.option("--chunk-rows", type=int, default=100_000, show_default=True, help="Rows per Zarr chunk.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -517,10 +471,18 @@ def resume(run_dir: str, overrides: tuple[str, ...]) -> None:
 @click.option("--weighted", is_flag=True, help="Also write positive sample weights.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at PATH.")
 @click.option("--address", default=None, help="Dask scheduler to generate on (default: threads here).")
-def generate(path: str, n_samples: int, n_features: int, n_components: int, chunk_rows: int, dtype: str,
+def generate(path: str, kind: str, n_samples: int | None, n_sequences: int | None, length: int | None,
+             n_features: int | None, n_components: int, chunk_rows: int, dtype: str,
              seed: int, separation: float, weighted: bool, overwrite: bool, address: str | None) -> None:
-    """Write a synthetic Gaussian-mixture dataset to the Zarr group PATH."""
+    """Write a synthetic dataset (with its true parameters) to the Zarr group PATH."""
     from dem.data.generate import generate_dataset
+
+    if kind != "gmm":
+        _generate_sequences(path, kind, n_sequences, length, n_features, n_components, chunk_rows, seed, dtype)
+        return
+    for flag, value in (("--samples", n_samples), ("--features", n_features)):
+        if value is None:
+            raise ConfigError(f"dem generate --kind gmm needs {flag}")
 
     client = None
     if address is not None:
@@ -542,40 +504,101 @@ def generate(path: str, n_samples: int, n_features: int, n_components: int, chun
               f"{summary['nbytes'] / 2**20:,.1f} MiB uncompressed, in {summary['seconds']:.1f} s")
 
 
+@cli.command()
+@click.argument("run_dir")
+@click.argument("data")
+@click.argument("out_path", metavar="OUT")
+@click.option("--draws", type=int, default=0, show_default=True, help="Multiple-imputation draws to write too.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws.")
+@click.option("--variable", default=None, help="Array of the DATA group (default X).")
+@click.option("--partition-rows", type=int, default=None, help="Rows per task (default: automatic).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+def impute(run_dir: str, data: str, out_path: str, draws: int, seed: int, variable: str | None,
+           partition_rows: int | None, overwrite: bool) -> None:
+    """Write DATA with every NaN filled from the model in RUN_DIR to the Zarr group OUT.
+
+    Missing entries get their conditional expectation E[x_missing | x_observed]
+    under the fitted mixture; observed entries are copied exactly.
+    """
+    import zarr
+
+    import dem
+    from dem.impute import impute as fill
+
+    if draws < 0:
+        raise ConfigError(f"--draws must be >= 0; got {draws}")
+    model = dem.load(run_dir)
+    t0 = time.perf_counter()
+    fill(model, data, out_path, n_draws=draws, random_state=seed, variable=variable,
+         partition_rows=partition_rows, overwrite=overwrite)
+    info = dict(zarr.open_group(store=out_path, mode="r").attrs).get("dem_impute", {})
+    filled = info.get("n_imputed")
+    out.print(f"wrote {out_path}: {filled if filled is not None else '?'} missing entries filled"
+              + (f", {draws} draws" if draws else "") + f" in {time.perf_counter() - t0:.1f} s")
+
+
+def _generate_sequences(path: str, kind: str, n_sequences: int | None, length: int | None,
+                        n_features: int | None, n_components: int, chunk_rows: int, seed: int, dtype: str) -> None:
+    from dem.data.sequences import generate_hmm_dataset
+
+    for flag, value in (("--sequences", n_sequences), ("--length", length), ("--features", n_features)):
+        if value is None or value < 1:
+            raise ConfigError(f"dem generate --kind {kind} needs {flag} >= 1")
+    emission = {"gaussian_hmm": "gaussian", "categorical_hmm": "categorical", "gmm_hmm": "gmm"}[kind]
+    sizes = ({"n_symbols": n_features} if emission == "categorical" else {"n_features": n_features})
+    t0 = time.perf_counter()
+    generate_hmm_dataset(path, n_sequences, length, n_components, kind=emission, seed=seed,
+                         chunk_rows=chunk_rows, dtype=dtype, **sizes)
+    out.print(f"wrote {path}: {n_sequences:,} sequences × {length} steps ({kind}, {n_components} states) "
+              f"in {time.perf_counter() - t0:.1f} s")
+
+
+def _list(path: str, pattern: str) -> list[str]:
+    fs, p = _fs(path)
+    base = p.rstrip("/")
+    try:
+        found = fs.glob(f"{base}/{pattern}")
+    except (OSError, ValueError):
+        return []
+    if "://" in path:
+        proto = path.split("://", 1)[0]
+        return [f"{proto}://{f}" for f in found]
+    return list(found)
+
+
 def _newest_checkpoint_meta(run_dir: str) -> dict | None:
     """``meta.json`` of the checkpoint ``LATEST`` points to, else of the one with the longest history."""
-    import glob
-
-    root = os.path.join(run_dir, CHECKPOINTS_NAME)
+    root = _join(run_dir, CHECKPOINTS_NAME)
     try:
-        pointer = _read_json(os.path.join(root, POINTER_NAME))
-        meta = _read_json(os.path.join(root, str(pointer["name"]), "meta.json"))
+        pointer = _read_json(_join(root, POINTER_NAME))
+        meta = _read_json(_join(root, str(pointer["name"]), "meta.json"))
         if isinstance(meta, dict):
             return meta
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no pointer, or it names a pruned checkpoint: look at what is there
     metas = []
-    for path in glob.glob(os.path.join(root, "*", "meta.json")):
+    for path in _list(root, "*/meta.json"):
         try:
             data = _read_json(path)
         except (OSError, ValueError):
             continue
         if isinstance(data, dict):
-            metas.append((len(data.get("history") or []), os.path.getmtime(path), data))
+            # Checkpoint names sort in write order (ckpt-<step>-...).
+            metas.append((len(data.get("history") or []), path, data))
     if not metas:
         return None
     return max(metas, key=lambda m: (m[0], m[1]))[2]
 
 
 def _load_history(run_dir: str) -> tuple[list[dict], str | None]:
-    path = os.path.join(run_dir, HISTORY_NAME)
-    if os.path.exists(path):
+    path = _join(run_dir, HISTORY_NAME)
+    if _exists(path):
         try:
             data = _read_json(path)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot read {path!r}: {exc}") from None
         hist = data.get("history", []) if isinstance(data, dict) else data
-        return list(hist or []), path
+        return list(hist or []), HISTORY_NAME
     meta = _newest_checkpoint_meta(run_dir)
     if meta is not None:
         return list(meta.get("history") or []), "newest checkpoint"
@@ -583,76 +606,188 @@ def _load_history(run_dir: str) -> tuple[list[dict], str | None]:
 
 
 def _model_summary(run_dir: str) -> dict | None:
-    path = os.path.join(run_dir, MODEL_NAME)
-    if not os.path.exists(path):
+    path = _join(run_dir, MODEL_NAME)
+    if not _exists(path):
         return None
     try:
         import zarr
 
-        attrs = dict(zarr.open_group(store=path, mode="r").attrs)
+        group = zarr.open_group(store=path, mode="r")
+        attrs = dict(group.attrs)
+        shape = tuple(group["means"].shape) if "means" in group else None
     except Exception:
         return {"path": path}
+    if "monitor" in attrs:  # an HMM: hmmlearn-style monitor, dem's per-step history
+        def parse(v: Any) -> Any:
+            return json.loads(v) if isinstance(v, str) else v
+        monitor, history = parse(attrs["monitor"]) or {}, parse(attrs.get("history", "[]")) or []
+        return {"path": path, "converged": monitor.get("converged"), "n_iter": len(history) or None,
+                "lower_bound": history[-1]["mean_log_likelihood"] if history else None, "means_shape": shape}
     return {"path": path, "converged": attrs.get("converged"), "n_iter": attrs.get("n_iter"),
-            "lower_bound": attrs.get("lower_bound")}
+            "lower_bound": attrs.get("lower_bound"), "means_shape": shape}
+
+
+def _spans(iterations: list[int]) -> str:
+    """``1–5, 8, 10–12`` from sorted integers."""
+    out, start, prev = [], None, None
+    for i in iterations + [None]:  # type: ignore[list-item]
+        if start is not None and (i is None or i != prev + 1):
+            out.append(f"{start}" if start == prev else f"{start}–{prev}")
+            start = None
+        if i is not None and start is None:
+            start = i
+        prev = i
+    return ", ".join(out)
+
+
+def _iterations_line(history: list[dict]) -> str:
+    its = [int(h["iteration"]) for h in history if h.get("iteration") is not None]
+    if not its:
+        return "iterations: none yet"
+    resumed = [int(h["iteration"]) for h in history if h.get("resumed")]
+    secs = [float(h["seconds"]) for h in history if h.get("seconds") is not None]
+    text = f"iterations: {len(its)}"
+    if resumed:
+        sessions, start = [], its[0]
+        for r in resumed + [its[-1] + 1]:
+            if r > start:
+                sessions.append(_spans(list(range(start, r))))
+            start = r
+        text += (f" (resumed at iteration {', '.join(map(str, resumed))}; sessions: "
+                 + " | ".join(sessions) + ")")
+    else:
+        text += " (one session, never resumed)"
+    if secs:
+        text += f"; {sum(secs):.1f} s in iterations, median {statistics.median(secs):.2f} s/iter"
+    return text
+
+
+def _restarts_lines(meta: dict | None) -> list[str]:
+    restarts = list((meta or {}).get("restarts") or [])
+    if len(restarts) < 2:
+        return []
+    finite = [r for r in restarts if r.get("lower_bound") is not None and math.isfinite(float(r["lower_bound"]))]
+    best = max(finite, key=lambda r: float(r["lower_bound"])) if finite else None
+    parts = []
+    for r in sorted(restarts, key=lambda r: int(r.get("restart", 0))):
+        extra = " ".join(f"{k}={v}" for k, v in r.items()
+                         if k not in ("restart", "lower_bound", "n_iter", "converged"))
+        lb = r.get("lower_bound")
+        parts.append(f"#{int(r.get('restart', 0)) + 1}{(' ' + extra) if extra else ''} "
+                     f"{'-' if lb is None else format(float(lb), '.6f')} after {r.get('n_iter')} it"
+                     + (", converged" if r.get("converged") else "") + (" (best)" if r is best else ""))
+    return [f"restarts: {len(restarts)}: " + "; ".join(parts)]
+
+
+#: Rows of the history table `dem info` prints in full; longer histories show head and tail.
+INFO_TABLE_ROWS = 30
+
+
+def _history_table(history: list[dict], source: str | None) -> Table:
+    table = Table(title=f"history ({source})", title_justify="left")
+    for name in ("iteration", "mean log-likelihood", "Δ", "seconds", "rows", "notes"):
+        table.add_column(name, justify="left" if name == "notes" else "right")
+    rows = history
+    if len(history) > INFO_TABLE_ROWS:
+        rows = history[:5] + [None] + history[-(INFO_TABLE_ROWS - 6):]  # type: ignore[list-item]
+    for h in rows:
+        if h is None:
+            table.add_row("…", f"({len(history) - INFO_TABLE_ROWS + 1} more)", "", "", "", "")
+            continue
+        ll = h.get("mean_log_likelihood")
+        secs = h.get("seconds")
+        notes = (["resumed"] if h.get("resumed") else []) + list(h.get("notes") or [])
+        table.add_row(str(h.get("iteration")), "-" if ll is None else f"{ll:.6f}", _fmt_delta(h.get("delta")),
+                      "-" if secs is None else f"{secs:.2f}", str(h.get("n_rows", "-")), "; ".join(notes))
+    return table
 
 
 @cli.command()
 @click.argument("run_dir")
 def info(run_dir: str) -> None:
-    """Summarise the run in RUN_DIR: config, per-iteration history, result."""
-    if not os.path.isdir(run_dir):
+    """Summarise the run in RUN_DIR: config, result, iterations, restarts, pictures.
+
+    RUN_DIR may be a URL (s3://, gs://, ...): credentials come from the usual
+    places (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL).
+    """
+    remote = "://" in run_dir
+    try:
+        is_dir = _exists(run_dir) and (remote or os.path.isdir(run_dir))
+    except Exception as exc:  # fsspec raises many types for bad URLs/credentials
+        raise CheckpointError(f"cannot reach {run_dir!r}: {exc}") from None
+    if not is_dir:
         raise CheckpointError(f"no dem run at {run_dir!r}: not a directory")
-    cfg_path = os.path.join(run_dir, CONFIG_NAME)
+    cfg_path = _join(run_dir, CONFIG_NAME)
     cfg: dict | None = None
-    if os.path.exists(cfg_path):
+    if _exists(cfg_path):
         try:
-            cfg = read_yaml(cfg_path)
-        except ConfigError:
+            if remote:
+                import yaml
+
+                fs, p = _fs(cfg_path)
+                with fs.open(p, "r") as fh:
+                    cfg = yaml.safe_load(fh)
+            else:
+                cfg = read_yaml(cfg_path)
+        except Exception:
             cfg = None
+        cfg = cfg if isinstance(cfg, dict) else None
     history, source = _load_history(run_dir)
     model = _model_summary(run_dir)
+    meta = _newest_checkpoint_meta(run_dir)
     if cfg is None and not history and model is None:
         raise CheckpointError(f"no dem run at {run_dir!r}: no {CONFIG_NAME}, {HISTORY_NAME}, "
                               f"checkpoint or {MODEL_NAME} there")
-    out.print(f"run: {os.path.abspath(run_dir)}")
+    out.print(f"run: {run_dir if remote else os.path.abspath(run_dir)}")
+    n_rows = next((h.get("n_rows") for h in reversed(history) if h.get("n_rows") is not None), None)
+    shape = (model or {}).get("means_shape")
+    size = ""
+    if n_rows is not None or shape:
+        size = (f", {n_rows:,} rows" if isinstance(n_rows, int) else "") + (
+            f" × {shape[1]} features" if shape and len(shape) == 2 else "")
     if cfg is not None:
         d, m, f, c = (cfg.get(k) or {} for k in ("data", "model", "fit", "cluster"))
         out.print(f"data: {d.get('path')}" + (f" [{d.get('variable')}]" if d.get("variable") not in (None, "X") else "")
-                  + (f", weights {d.get('weights')!r}" if d.get("weights") else ""))
+                  + (f", weights {d.get('weights')!r}" if d.get("weights") else "") + size)
         out.print(f"model: {m.get('kind', 'gmm')}, {m.get('n_components')} components, "
                   f"{m.get('covariance_type')} covariance, reg_covar {m.get('reg_covar')}")
         out.print(f"fit: max_iter {f.get('max_iter')}, tol {f.get('tol')}, n_init {f.get('n_init')}, "
                   f"init {f.get('init_params')}, random_state {f.get('random_state')}")
         where = c.get("address") or f"local cluster {c.get('n_workers')}×{c.get('threads_per_worker')} threads"
         out.print(f"cluster: {where}")
-    if history:
-        table = Table(title=f"history ({source})")
-        for name in ("iteration", "mean log-likelihood", "Δ", "seconds", "rows", "notes"):
-            table.add_column(name, justify="left" if name == "notes" else "right")
-        for h in history:
-            ll = h.get("mean_log_likelihood")
-            secs = h.get("seconds")
-            notes = (["resumed"] if h.get("resumed") else []) + list(h.get("notes") or [])
-            table.add_row(str(h.get("iteration")), "-" if ll is None else f"{ll:.6f}", _fmt_delta(h.get("delta")),
-                          "-" if secs is None else f"{secs:.2f}", str(h.get("n_rows", "-")), "; ".join(notes))
-        out.print(table)
-    else:
-        out.print("history: none yet")
     if model is not None and model.get("n_iter") is not None:
         status = "converged" if model.get("converged") else "did not converge"
-        out.print(f"result: {status} after {model['n_iter']} iterations; mean log-likelihood "
-                  f"{model['lower_bound']:.6f}")
-        out.print(f"model: {model['path']}")
+        out.print(f"result: {status} after {model['n_iter']} iterations; final mean log-likelihood "
+                  f"(lower bound) {model['lower_bound']:.6f}")
     elif history:
         tol = ((cfg or {}).get("fit") or {}).get("tol")
         last = history[-1]
         delta = last.get("delta")
         done = tol is not None and delta is not None and abs(delta) < float(tol)
+        ll = last.get("mean_log_likelihood")
         out.print(f"result: {'converged' if done else 'in progress or interrupted'} at iteration "
-                  f"{last.get('iteration')}; no final model yet"
+                  f"{last.get('iteration')}" + ("" if ll is None else f" (mean log-likelihood {ll:.6f})")
+                  + "; no final model yet"
                   + ("" if done else f" (continue with `dem resume {run_dir}`)"))
     else:
         out.print("result: no final model yet")
+    out.print(_iterations_line(history))
+    for line in _restarts_lines(meta):
+        out.print(line)
+    if history:
+        out.print(_history_table(history, source))
+    else:
+        out.print("history: none yet")
+    if model is not None:
+        out.print(f"fitted model: {model['path'] if remote else os.path.abspath(model['path'])}")
+    from dem.plots import COMPONENTS_PNG, CONVERGENCE_PNG
+
+    pictures = [_join(run_dir, n) for n in (CONVERGENCE_PNG, COMPONENTS_PNG) if _exists(_join(run_dir, n))]
+    if pictures:
+        out.print("pictures: " + ", ".join(p if remote else os.path.abspath(p) for p in pictures))
+    else:
+        out.print("pictures: none yet (`dem fit` draws them at the end; or "
+                  f"dem.plots.plot_convergence({run_dir!r}))")
 
 
 # -- entry point -----------------------------------------------------------------

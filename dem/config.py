@@ -90,6 +90,17 @@ def _float(minimum: float = 0.0) -> Check:
     return check
 
 
+_SECRET_WORDS = ("secret", "token", "password", "key", "credential")
+
+
+def _without_secrets(options: Any) -> Any:
+    """storage_options minus anything that looks like a credential (recursively)."""
+    if isinstance(options, dict):
+        return {k: _without_secrets(v) for k, v in options.items()
+                if not any(w in str(k).lower() for w in _SECRET_WORDS)}
+    return options
+
+
 def _components(v: Any) -> Any:
     """An integer >= 1, or a list of distinct ones (model selection by BIC)."""
     one = _int(1)
@@ -311,9 +322,17 @@ class Config:
         """Plain nested dict (YAML-safe) of every key, defaults included."""
         return dataclasses.asdict(self)
 
-    def to_yaml(self) -> str:
-        """The configuration as YAML that :func:`load_config` reads back unchanged."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    def to_yaml(self, redact_secrets: bool = False) -> str:
+        """The configuration as YAML that :func:`load_config` reads back unchanged.
+
+        With ``redact_secrets`` (the copy kept in a run directory), credentials
+        in ``data.storage_options`` are left out: they come from the
+        environment, or from ``--set data.storage_options=…`` when resuming.
+        """
+        d = self.to_dict()
+        if redact_secrets:
+            d["data"]["storage_options"] = _without_secrets(d["data"]["storage_options"])
+        return yaml.safe_dump(d, sort_keys=False)
 
     def estimator_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`dem.GaussianMixture` (without ``client``)."""
