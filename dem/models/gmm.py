@@ -212,6 +212,27 @@ class _Prepared:
                          cast(self.whiten), cast(self.offset), self.rows, np.dtype(dtype))
 
 
+class _Workspace:
+    """Block buffers an E-step reuses from block to block.
+
+    Fresh multi-megabyte temporaries per block cost a page fault per 4 KiB
+    each time (glibc returns them to the OS; Dask's nanny even sets
+    MALLOC_TRIM_THRESHOLD_ low): the benchmark measured 666k faults per
+    iteration and half the E-step's time in the kernel. Buffers are sized
+    once per partition (plus once for a shorter last block).
+    """
+
+    def __init__(self, n_components: int, n_features: int, rows: int, dtype: np.dtype) -> None:
+        K, D = n_components, n_features
+        self.XcT = np.empty((D, rows), dtype)
+        self.Y = np.empty((K * D, rows), dtype)  # full: whitened rows; else (K, D, rows) below
+        self.Z = self.Y.reshape(K, D, rows)
+        self.Yt = np.empty((D, rows), dtype)
+        self.lp = np.empty((K, rows), dtype)
+        self.Dk = np.empty((D, rows), dtype)
+        self.sqrt_r = np.empty((K, rows), dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class GaussianMixtureModel:
     """Gaussian mixture as pure functions over numpy blocks.
@@ -282,45 +303,57 @@ class GaussianMixtureModel:
         # twice the DGEMM rate); every block's sums are added up in float64.
         return np.dtype(np.float32) if np.asarray(X[:0]).dtype == np.float32 else np.dtype(np.float64)
 
-    def _centred_block(self, prep: _Prepared, X: np.ndarray, a: int, b: int) -> np.ndarray:
+    def _centred_block(self, prep: _Prepared, X: np.ndarray, a: int, b: int,
+                       ws: _Workspace | None = None) -> np.ndarray:
         """Rows a:b of X, centred on the shift, as a contiguous (D, rows) array of prep.dtype."""
-        XcT = np.asarray(X[a:b], dtype=prep.dtype).T - prep.shift
-        return np.ascontiguousarray(XcT)
+        block = np.asarray(X[a:b])
+        if ws is None:
+            return np.ascontiguousarray(block.astype(prep.dtype, copy=False).T - prep.shift)
+        return np.subtract(block.T, prep.shift, out=ws.XcT, casting="unsafe")
 
-    def _log_prob_T(self, prep: _Prepared, XcT: np.ndarray) -> np.ndarray:
+    def _workspaces(self, prep: _Prepared, n: int, n_features: int) -> dict[int, _Workspace]:
+        sizes = {min(prep.rows, n)}
+        if n % prep.rows and n > prep.rows:
+            sizes.add(n % prep.rows)
+        return {m: _Workspace(self.n_components, n_features, m, prep.dtype) for m in sizes}
+
+    def _log_prob_T(self, prep: _Prepared, XcT: np.ndarray, ws: _Workspace | None = None) -> np.ndarray:
         """(K, rows) weighted log-densities ``log w_k + log N(x | m_k, Σ_k)``."""
         ct = self.covariance_type
         K = self.n_components
         D, B = XcT.shape
+        if ws is None:
+            ws = _Workspace(K, D, B, XcT.dtype)
+        lp = ws.lp
         with np.errstate(invalid="ignore", over="ignore"):  # inf rows are reported by the caller
             if ct == "full":
-                Y = prep.whiten @ XcT
+                Y = np.matmul(prep.whiten, XcT, out=ws.Y)
                 Y -= prep.offset
-                Y *= Y
-                maha = Y.reshape(K, D, B).sum(axis=1)
-            elif ct == "tied":
-                Z = (prep.whiten @ XcT)[None, :, :] - prep.offset[:, :, None]
-                Z *= Z
-                maha = Z.sum(axis=1)
-            elif ct == "diag":
-                Z = prep.whiten[:, :, None] * XcT[None, :, :]
-                Z -= prep.offset[:, :, None]
-                Z *= Z
-                maha = Z.sum(axis=1)
+                np.square(Y, out=Y)
+                np.sum(ws.Z, axis=1, out=lp)
             else:
-                Z = XcT[None, :, :] - prep.centred_means[:, :, None]
-                Z *= Z
-                maha = Z.sum(axis=1) * (prep.whiten**2)[:, None]
-            maha *= -0.5
-            maha += prep.const
-        return maha
+                Z = ws.Z
+                if ct == "tied":
+                    np.subtract(np.matmul(prep.whiten, XcT, out=ws.Yt)[None, :, :], prep.offset[:, :, None], out=Z)
+                elif ct == "diag":
+                    np.multiply(prep.whiten[:, :, None], XcT[None, :, :], out=Z)
+                    Z -= prep.offset[:, :, None]
+                else:
+                    np.subtract(XcT[None, :, :], prep.centred_means[:, :, None], out=Z)
+                np.square(Z, out=Z)
+                np.sum(Z, axis=1, out=lp)
+                if ct == "spherical":
+                    lp *= (prep.whiten**2)[:, None]
+            lp *= -0.5
+            lp += prep.const
+        return lp
 
     def weighted_log_prob(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
         """``log w_k + log N(x_n | μ_k, Σ_k)`` for every row and component, (n, K)."""
         prep = self._prepare(params)  # float64 throughout: outputs are user-facing
         out = np.empty((X.shape[0], self.n_components))
         for a in range(0, X.shape[0], prep.rows):
-            out[a : a + prep.rows] = self._log_prob_T(prep, self._centred_block(prep, X, a, a + prep.rows)).T
+            out[a : a + prep.rows] = self._log_prob_T(prep, self._centred_block(prep, X, a, a + prep.rows)).T.copy()
         return out
 
     def score_samples(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
@@ -356,7 +389,7 @@ class GaussianMixtureModel:
                 for f in dataclasses.fields(zero)}
 
     def _accumulate(self, acc: dict, XcT: np.ndarray, RT: np.ndarray, centred_means: np.ndarray,
-                    w: np.ndarray | None) -> None:
+                    w: np.ndarray | None, ws: _Workspace | None = None) -> None:
         """Add one block's moments about the component means.
 
         ``RT`` (K, rows) are the weighted responsibilities; ``XcT`` the block
@@ -371,9 +404,11 @@ class GaussianMixtureModel:
         # Σ r (x − m_k) = Σ r (x − c) − n_k (m_k − c): rounding grows only linearly in |m_k − c|.
         acc["first_moment"] += RT @ XcT.T - nk[:, None] * centred_means
         S2 = acc["second_moment"]
+        if ws is None:
+            ws = _Workspace(self.n_components, XcT.shape[0], XcT.shape[1], XcT.dtype)
         if ct in ("full", "tied"):
-            sqrt_r = np.sqrt(RT)
-            Dk = np.empty_like(XcT)
+            sqrt_r = np.sqrt(RT, out=ws.sqrt_r)
+            Dk = ws.Dk
             for k in range(self.n_components):
                 np.subtract(XcT, centred_means[k][:, None], out=Dk)
                 Dk *= sqrt_r[k]
@@ -383,8 +418,8 @@ class GaussianMixtureModel:
                 else:
                     S2 += Dk @ Dk.T
         else:
-            Z = XcT[None, :, :] - centred_means[:, :, None]
-            Z *= Z
+            Z = np.subtract(XcT[None, :, :], centred_means[:, :, None].astype(XcT.dtype, copy=False), out=ws.Z)
+            np.square(Z, out=Z)
             if ct == "diag":
                 S2 += np.einsum("kdb,kb->kd", Z, RT)
             else:
@@ -412,9 +447,11 @@ class GaussianMixtureModel:
         n, D = X.shape
         prep = self._prepare(params).astype(self._work_dtype(X))
         acc = self._new_acc(D)
+        spaces = self._workspaces(prep, n, D)
         for a in range(0, n, prep.rows):
-            XcT = self._centred_block(prep, X, a, a + prep.rows)
-            lp = self._log_prob_T(prep, XcT)
+            ws = spaces[min(prep.rows, n - a)]
+            XcT = self._centred_block(prep, X, a, a + prep.rows, ws)
+            lp = self._log_prob_T(prep, XcT, ws)
             if self.beta != 1.0:
                 lp *= self.beta
             top = lp.max(axis=0)
@@ -435,7 +472,7 @@ class GaussianMixtureModel:
                 w = _checked_weights(sample_weight, a, a + prep.rows, row_offset)
                 acc["log_likelihood"] += lse @ w
                 lp *= w.astype(lp.dtype, copy=False)
-            self._accumulate(acc, XcT, lp, prep.centred_means, w)
+            self._accumulate(acc, XcT, lp, prep.centred_means, w, ws)
         return self._finish(acc)
 
     def assignment_stats(
