@@ -233,8 +233,25 @@ class _Workspace:
         self.sqrt_r = np.empty((K, rows), dtype)
 
 
+class MixturePosteriors:
+    """Per-row outputs every mixture model derives from its ``weighted_log_prob``."""
+
+    def score_samples(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
+        """Log-likelihood of each row, (n,)."""
+        return logsumexp(self.weighted_log_prob(params, X), axis=1)
+
+    def predict_proba(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
+        """Posterior responsibilities, (n, K)."""
+        lp = self.weighted_log_prob(params, X)
+        return np.exp(lp - logsumexp(lp, axis=1, keepdims=True))
+
+    def predict(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
+        """Most probable component of each row, (n,)."""
+        return self.weighted_log_prob(params, X).argmax(axis=1)
+
+
 @dataclasses.dataclass(frozen=True)
-class GaussianMixtureModel:
+class GaussianMixtureModel(MixturePosteriors):
     """Gaussian mixture as pure functions over numpy blocks.
 
     Parameters
@@ -355,19 +372,6 @@ class GaussianMixtureModel:
         for a in range(0, X.shape[0], prep.rows):
             out[a : a + prep.rows] = self._log_prob_T(prep, self._centred_block(prep, X, a, a + prep.rows)).T.copy()
         return out
-
-    def score_samples(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
-        """Log-likelihood of each row, (n,)."""
-        return logsumexp(self.weighted_log_prob(params, X), axis=1)
-
-    def predict_proba(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
-        """Posterior responsibilities, (n, K)."""
-        lp = self.weighted_log_prob(params, X)
-        return np.exp(lp - logsumexp(lp, axis=1, keepdims=True))
-
-    def predict(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
-        """Most probable component of each row, (n,)."""
-        return self.weighted_log_prob(params, X).argmax(axis=1)
 
     # -- statistics --------------------------------------------------------
 

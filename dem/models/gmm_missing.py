@@ -72,7 +72,6 @@ import math
 from typing import Iterator
 
 import numpy as np
-from scipy.special import logsumexp
 
 from dem.errors import DataError
 from dem.models.gmm import (
@@ -80,6 +79,7 @@ from dem.models.gmm import (
     GaussianMixtureModel,
     GMMParams,
     GMMStats,
+    MixturePosteriors,
     precisions_from_cholesky,
 )
 
@@ -263,7 +263,9 @@ def _checked_weights(sample_weight: np.ndarray | None, row_offset: int) -> np.nd
 
 
 @dataclasses.dataclass(frozen=True)
-class MissingDataGaussianMixtureModel:
+class MissingDataGaussianMixtureModel(MixturePosteriors):
+    # score_samples/predict_proba/predict come from MixturePosteriors over the
+    # observed coordinates (a row with nothing observed scores 0).
     """Gaussian mixture over rows with missing coordinates (NaN), as pure functions.
 
     Parameters
@@ -606,19 +608,6 @@ class MissingDataGaussianMixtureModel:
         for idx, Xb, Mb in self._incomplete_blocks(X, M, np.flatnonzero(~complete)):
             out[idx] = self._block(prep, Xb, Mb).log_prob.T
         return out
-
-    def score_samples(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
-        """Observed-data log-likelihood of each row, (n,) (0 for a row with nothing observed)."""
-        return logsumexp(self.weighted_log_prob(params, X), axis=1)
-
-    def predict_proba(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
-        """Posterior responsibilities given the observed coordinates, (n, K)."""
-        lp = self.weighted_log_prob(params, X)
-        return np.exp(lp - logsumexp(lp, axis=1, keepdims=True))
-
-    def predict(self, params: GMMParams, X: np.ndarray) -> np.ndarray:
-        """Most probable component of each row given its observed coordinates, (n,)."""
-        return self.weighted_log_prob(params, X).argmax(axis=1)
 
     def impute(
         self,
