@@ -43,8 +43,19 @@ def active_client() -> Any | None:
     """The current ``distributed`` client, if one is active in this process."""
     try:
         from distributed import default_client
-        client = default_client()
-    except (ImportError, ValueError):
+    except ImportError:
+        return None
+    for _ in range(3):
+        try:
+            client = default_client()
+            break
+        except ValueError:  # no client at all
+            return None
+        except KeyError:
+            # distributed's registry is a WeakValueDictionary: a client collected
+            # between listing its keys and reading one raises KeyError; look again.
+            continue
+    else:
         return None
     # A client whose connection failed can stay registered as the default; never use it.
     return client if getattr(client, "status", "running") == "running" else None
