@@ -122,7 +122,12 @@ def load(path: str, *, storage_options: dict | None = None) -> Any:
         if fs.exists(f"{root.rstrip('/')}/{MODEL_DIRNAME}"):  # a run directory: its final model
             path = f"{path.rstrip('/')}/{MODEL_DIRNAME}"
     try:
-        ds = xr.open_zarr(path, storage_options=storage_options).load(scheduler="threads")
+        try:
+            ds = xr.open_zarr(path, storage_options=storage_options, consolidated=True)
+        except (KeyError, FileNotFoundError, ValueError):
+            # Models written without consolidated metadata (HMMs) open the slow way, quietly.
+            ds = xr.open_zarr(path, storage_options=storage_options, consolidated=False)
+        ds = ds.load(scheduler="threads")
     except Exception as exc:
         raise CheckpointError(f"cannot read a dem model at {path!r}: {exc}") from None
     version = ds.attrs.get("dem_format_version")
