@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import secrets
@@ -18,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dem.core.engine import EMState, MemberStats
 from dem.core.executor import Executor
-from dem.core.fitting import RunDirectory, fit_members
+from dem.core.fitting import RunDirectory, chain_callbacks, digest, fit_members
 from dem.core.reduction import DEFAULT_FAN_IN
 from dem.data.partitions import PartitionedData, as_partitioned
 from dem.errors import ConfigError, DataError
@@ -43,15 +42,6 @@ class EmptyComponentWarning(UserWarning):
     """A component lost all its responsibility; it kept its previous mean and covariance."""
 
 
-def _chain(*callbacks: Any) -> Any:
-    live = [c for c in callbacks if c is not None]
-    if not live:
-        return None
-
-    def call(event: str, info: dict) -> None:
-        for c in live:
-            c(event, info)
-    return call
 
 
 def _seed_from(random_state: Any) -> int:
@@ -392,7 +382,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         methods), then one assignment pass turning every member's centres
         into weights, means and covariances.
         """
-        D, ct = data.n_features, self.covariance_type
+        ct = self.covariance_type
         user = (self.weights_init, self.means_init, self.precisions_init)
         if all(v is not None for v in user):
             return [models[0].params_from(self.weights_init, self.means_init, precisions=self.precisions_init)
@@ -530,7 +520,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 dataclasses.replace(st, params=_perturb_means(st.params, self.covariance_type, (seed_, stage)))
                 for st, (_, seed_) in zip(states, members)],
             initial_lower_bound=self.lower_bound_ if warm else -math.inf,
-            callback=_chain(callback, self._progress_callback()),
+            callback=chain_callbacks(callback, self._progress_callback()),
         )
         # Within a K the best lower bound wins (scikit-learn's rule); across K the lowest BIC.
         winners = {k: result.best_index([i for i, (kk, _) in enumerate(members) if kk == k])
@@ -581,11 +571,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return winners[best_k]
 
     def _fingerprint(self, data: PartitionedData) -> dict[str, Any]:
-        def digest(v: Any) -> str | None:
-            if v is None:
-                return None
-            return hashlib.sha256(np.ascontiguousarray(np.asarray(v, dtype=np.float64)).tobytes()).hexdigest()[:16]
-
         return {
             "data": data.fingerprint(),
             "settings": {

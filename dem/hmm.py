@@ -26,7 +26,6 @@ also True when ``n_iter`` was reached.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -42,7 +41,7 @@ from threadpoolctl import threadpool_limits
 
 from dem.core.engine import EMState
 from dem.core.executor import Executor
-from dem.core.fitting import RunDirectory, fit_with_restarts
+from dem.core.fitting import RunDirectory, chain_callbacks, digest, fit_with_restarts
 from dem.core.reduction import DEFAULT_FAN_IN
 from dem.data import sequences as seqdata
 from dem.data.sequences import SequenceData
@@ -129,21 +128,6 @@ def _restart_seed(base: int, restart: int) -> int:
     return int(np.random.SeedSequence([base, restart]).generate_state(1, np.uint32)[0])
 
 
-def _digest(v: Any) -> str | None:
-    if v is None:
-        return None
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(v, dtype=np.float64)).tobytes()).hexdigest()[:16]
-
-
-def _chain(*callbacks: Any) -> Any:
-    live = [c for c in callbacks if c is not None]
-    if not live:
-        return None
-
-    def call(event: str, info: dict) -> None:
-        for c in live:
-            c(event, info)
-    return call
 
 
 # -- block functions (module level, so they pickle) ---------------------------
@@ -372,7 +356,7 @@ class _BaseHMM(BaseEstimator):
             model, data, placed, executor, n_init=self.n_init, initial_params=initial_params,
             params_cls=self._params_cls, max_iter=self.n_iter, tol=self.tol / data.n_samples,
             run_dir=run_dir, checkpoint_every=self.checkpoint_every,
-            callback=_chain(callback, self._verbose_callback(data.n_samples)))
+            callback=chain_callbacks(callback, self._verbose_callback(data.n_samples)))
         best = result.best
         self._set_fitted(best, data, n_features)
         self.restarts_ = result.restarts
@@ -407,7 +391,7 @@ class _BaseHMM(BaseEstimator):
         return show
 
     def _fingerprint(self, data: SequenceData, user: dict, n_features: int) -> dict:
-        hyper = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else _digest(v))
+        hyper = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else digest(v))
                  for k, v in self.get_params().items()
                  if k not in ("client", "n_iter", "tol", "verbose", "checkpoint_dir", "checkpoint_every",
                               "keep_checkpoints", "storage_options", "cache", "max_sequence_bytes",
@@ -415,7 +399,7 @@ class _BaseHMM(BaseEstimator):
         return {
             "data": data.fingerprint(),
             "settings": {"model": self._kind + "_hmm", **hyper, "n_features": int(n_features),
-                         "user_params": {code: _digest(v) for code, v in sorted(user.items())},
+                         "user_params": {code: digest(v) for code, v in sorted(user.items())},
                          "partitions": [data.n_partitions, data.target_rows]},
         }
 
@@ -579,7 +563,6 @@ class _BaseHMM(BaseEstimator):
 
     def save(self, path: str, *, storage_options: dict | None = None) -> None:
         """Write the fitted model as a Zarr group (an xarray Dataset; no pickle)."""
-        import shutil
 
         import xarray as xr
 
@@ -604,20 +587,11 @@ class _BaseHMM(BaseEstimator):
                         history=json.dumps(getattr(self, "history_", [])),
                         monitor=json.dumps({"history": list(getattr(self, "monitor_", ConvergenceMonitor(0, 0, 0)).history),
                                             "converged": bool(getattr(getattr(self, "monitor_", None), "converged", False))}))
-        path = os.fspath(path)
-        if "://" in path:
-            ds.to_zarr(path, mode="w", storage_options=storage_options, consolidated=False)
-            return
-        tmp = f"{path}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        ds.to_zarr(tmp, mode="w", consolidated=False)
-        if os.path.exists(path):
-            old = f"{path}.old-{os.getpid()}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        from dem.io import write_atomically
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            write_atomically(ds, os.fspath(path), storage_options)
 
 
 def load_hmm(path: str, *, storage_options: dict | None = None) -> _BaseHMM:

@@ -61,7 +61,6 @@ def model_dataset(est: Any) -> Any:
 
 def save_model(est: Any, path: str, *, storage_options: dict | None = None) -> None:
     """Write ``est`` to ``path`` atomically where the filesystem allows (temp dir + rename)."""
-    import shutil
     import warnings
 
     ds = model_dataset(est)
@@ -69,10 +68,11 @@ def save_model(est: Any, path: str, *, storage_options: dict | None = None) -> N
         # Consolidated metadata lets `xr.open_zarr(path)` open the model without
         # a fallback warning; zarr 3 warns that it is not in the v3 spec yet.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        _write(ds, os.fspath(path), storage_options)
+        write_atomically(ds, os.fspath(path), storage_options)
 
 
-def _write(ds: Any, path: str, storage_options: dict | None) -> None:
+def write_atomically(ds: Any, path: str, storage_options: dict | None = None) -> None:
+    """Write a Dataset as a Zarr group: temp dir + rename locally, straight to a URL otherwise."""
     import shutil
 
     if "://" in path:

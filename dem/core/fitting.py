@@ -29,6 +29,27 @@ from dem.models.base import EMModel
 Callback = Callable[[str, dict[str, Any]], None]
 
 
+def chain_callbacks(*callbacks: Any) -> Callback | None:
+    """One ``callback(event, info)`` calling each non-None callback in turn."""
+    live = [c for c in callbacks if c is not None]
+    if not live:
+        return None
+
+    def call(event: str, info: dict[str, Any]) -> None:
+        for c in live:
+            c(event, info)
+    return call
+
+
+def digest(value: Any) -> str | None:
+    """Short sha256 of an array-like setting (user-supplied initial parameters) for fingerprints."""
+    if value is None:
+        return None
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(value, dtype=np.float64)).tobytes()).hexdigest()[:16]
+
+
 class ResumeWarning(UserWarning):
     """Something in a run directory was damaged or foreign and was passed over."""
 

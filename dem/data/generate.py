@@ -183,6 +183,26 @@ def _remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def staging_target(path: str | os.PathLike, overwrite: bool,
+                   storage_options: dict | None) -> tuple[str, str, bool, dict | None]:
+    """Where a dataset writer writes before publishing: (path, target, is_url, options).
+
+    Local paths are made absolute, an existing dataset is refused unless
+    ``overwrite``, and the writer gets a fresh ``<path>.tmp-<pid>`` to rename
+    into place; URLs are written in place (their completion is marked last).
+    """
+    path = os.fspath(path)
+    url = _is_url(path)
+    if not url:
+        path = os.path.abspath(os.path.expanduser(path))
+        if os.path.exists(path) and not overwrite:
+            raise DataError(f"{path!r} already exists; remove it or pass overwrite=True")
+    target = path if url else f"{path}.tmp-{os.getpid()}"
+    if not url:
+        _remove(target)
+    return path, target, url, (storage_options if url else None)
+
+
 def generate_dataset(
     path: str | os.PathLike,
     n_samples: int,
@@ -265,16 +285,7 @@ def generate_dataset(
     if n_components > n_samples:
         raise ConfigError(f"n_components ({n_components}) must not exceed n_samples ({n_samples})")
 
-    path = os.fspath(path)
-    url = _is_url(path)
-    opts = storage_options if url else None
-    if not url:
-        path = os.path.abspath(os.path.expanduser(path))
-        if os.path.exists(path) and not overwrite:
-            raise DataError(f"{path!r} already exists; remove it or pass overwrite=True")
-    target = path if url else f"{path}.tmp-{os.getpid()}"
-    if not url:
-        _remove(target)
+    path, target, url, opts = staging_target(path, overwrite, storage_options)
 
     t0 = time.perf_counter()
     weights, means, covariances = true_parameters(seed, n_features, n_components, float(separation))

@@ -634,16 +634,9 @@ def generate_hmm_dataset(
     if dtype not in ("float32", "float64"):
         raise ConfigError(f"dtype must be float32 or float64; got {dtype!r}")
 
-    path = os.fspath(path)
-    url = _is_url(path)
-    opts = storage_options if url else None
-    if not url:
-        path = os.path.abspath(os.path.expanduser(path))
-        if os.path.exists(path) and not overwrite:
-            raise DataError(f"{path!r} already exists; remove it or pass overwrite=True")
-    target = path if url else f"{path}.tmp-{os.getpid()}"
-    if not url:
-        shutil.rmtree(target, ignore_errors=True)
+    from dem.data.generate import staging_target
+
+    path, target, url, opts = staging_target(path, overwrite, storage_options)
 
     t0 = time.perf_counter()
     truth = true_hmm_parameters(seed, kind, K, D, n_symbols or 2, n_mix)
