@@ -152,7 +152,7 @@ def final_mean_log_likelihood(X: np.ndarray, weights: Any, means: Any, covarianc
     """Mean log-likelihood of ``X`` under the given parameters (the same code for every peer)."""
     from threadpoolctl import threadpool_limits
 
-    from dem.models.gmm import GaussianMixtureModel
+    from dem.families.gmm import GaussianMixtureModel
 
     model = GaussianMixtureModel(len(weights), covariance_type)
     params = model.params_from(np.asarray(weights), np.asarray(means), covariances=np.asarray(covariances))
@@ -462,7 +462,7 @@ def overhead(spec: dict[str, Any]) -> dict[str, Any]:
     those methods in this process.
     """
     import dem
-    from dem.core import executor as ex
+    from dem.engine import executor as ex
 
     n_parts, rows, iters = spec["partitions"], spec["rows_per_partition"], spec["iters"]
     X = workloads.overhead_data(n_parts, rows, spec.get("seed", 0))
@@ -551,7 +551,7 @@ def overhead(spec: dict[str, Any]) -> dict[str, Any]:
 
 def big(spec: dict[str, Any]) -> dict[str, Any]:
     """A streaming fit on data several times the workers' total memory limit."""
-    from dem.core.executor import Executor
+    from dem.engine.executor import Executor
     from dem.data.partitions import as_partitioned
 
     init = workloads.load_initial_parameters(spec["init"])

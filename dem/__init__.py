@@ -3,42 +3,41 @@
 Data in Zarr (local or object store), E-steps mapped over partitions on a
 Dask cluster, statistics added through a fixed reduction tree, M-step on the
 driver, checkpoints so interrupted fits resume exactly.
+
+Estimators (``dem.GaussianMixture``, ``dem.GaussianHMM``, …) come from the
+registry of model families (:mod:`dem.registry`) on first use, so
+``dem --help`` and config errors answer at once.
 """
 
 from typing import Any
 
-from dem.errors import CheckpointError, CollapsedComponentError, ConfigError, DataError, DemError
+from dem.errors import (
+    CheckpointError, CollapsedComponentError, ConfigError, DataError, DemError, EmptyComponentWarning,
+)
 
-# Estimators pull in scikit-learn and dask; import them on first use (PEP 562)
-# so `dem --help` and config errors answer at once.
-_LAZY = {"GaussianMixture": ("dem.estimators", "GaussianMixture"), "load": ("dem.io", "load"),
-         "GaussianHMM": ("dem.hmm", "GaussianHMM"), "CategoricalHMM": ("dem.hmm", "CategoricalHMM"),
-         "GMMHMM": ("dem.hmm", "GMMHMM"), "params_dataset": ("dem.io", "params_dataset")}
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    if name in ("load", "params_dataset"):
+        import dem.io
 
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'dem' has no attribute {name!r}")
+        value = getattr(dem.io, name)
+    elif name[:1].isupper():
+        from dem import registry
 
-__version__ = "0.1.0"
+        value = registry.by_name(name)
+    else:
+        raise AttributeError(f"module 'dem' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
-__all__ = [
-    "GaussianMixture",
-    "GaussianHMM",
-    "CategoricalHMM",
-    "GMMHMM",
-    "load",
-    "params_dataset",
-    "DemError",
-    "DataError",
-    "ConfigError",
-    "CollapsedComponentError",
-    "CheckpointError",
-    "__version__",
-]
+
+def __dir__() -> list[str]:
+    from dem import registry
+
+    return sorted(set(globals()) | {"load", "params_dataset", *registry.names()})
+
+
+__all__ = ["load", "params_dataset", "DemError", "DataError", "ConfigError", "CollapsedComponentError",
+           "CheckpointError", "EmptyComponentWarning", "__version__", "GaussianMixture", "GaussianHMM", "CategoricalHMM", "GMMHMM"]

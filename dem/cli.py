@@ -26,13 +26,14 @@ from rich.console import Console
 from rich.table import Table
 
 from dem.config import Config, config_from_dict, load_config, parse_override, read_yaml
-from dem.core.checkpoint import CHECKPOINTS as CHECKPOINTS_NAME
-from dem.core.checkpoint import POINTER as POINTER_NAME
-from dem.core.checkpoint import RUN_FILE as RUN_NAME
+from dem.engine.checkpoint import CHECKPOINTS as CHECKPOINTS_NAME
+from dem.engine.checkpoint import POINTER as POINTER_NAME
+from dem.engine.checkpoint import RUN_FILE as RUN_NAME
 from dem.errors import CheckpointError, ConfigError, DataError, DemError
 from dem.io import MODEL_DIRNAME as MODEL_NAME
 from dem.progress import ProgressDisplay
 from dem.progress import format_delta as _fmt_delta
+from dem.engine.monitor import note_texts, objective_of
 
 CONFIG_NAME = "config.yaml"
 HISTORY_NAME = "history.json"
@@ -323,7 +324,7 @@ def run_fit(cfg: Config) -> Any:
         cluster.close()
     # Mixtures follow scikit-learn's names, HMMs hmmlearn's (monitor_); history_ is dem's, on both.
     converged = est.converged_ if hasattr(est, "converged_") else est.monitor_.converged
-    last = est.history_[-1]["mean_log_likelihood"] if est.history_ else float("nan")
+    last = objective_of(est.history_[-1]) if est.history_ else float("nan")
     status = "converged" if converged else "did not converge"
     out.print(f"{status} after {est.n_iter_} iterations in {seconds:.1f} s; "
               f"mean log-likelihood {getattr(est, 'lower_bound_', last):.6f}")
@@ -617,12 +618,19 @@ def _model_summary(run_dir: str) -> dict | None:
         shape = tuple(group["means"].shape) if "means" in group else None
     except Exception:
         return {"path": path}
-    if "monitor" in attrs:  # an HMM: hmmlearn-style monitor, dem's per-step history
-        def parse(v: Any) -> Any:
-            return json.loads(v) if isinstance(v, str) else v
-        monitor, history = parse(attrs["monitor"]) or {}, parse(attrs.get("history", "[]")) or []
+    def parse(v: Any) -> Any:
+        return json.loads(v) if isinstance(v, str) else v
+
+    history = parse(attrs.get("history", "[]")) or []
+    if "fitted" in attrs:  # models of every kind since format 2: the fit's summary as JSON
+        fitted = parse(attrs["fitted"]) or {}
+        lb = fitted.get("lower_bound_")
+        return {"path": path, "converged": fitted.get("converged_"), "n_iter": fitted.get("n_iter_"),
+                "lower_bound": None if lb in (None, "-inf") else float(lb), "means_shape": shape}
+    if "monitor" in attrs:  # an HMM of format 1: hmmlearn-style monitor, dem's per-step history
+        monitor = parse(attrs["monitor"]) or {}
         return {"path": path, "converged": monitor.get("converged"), "n_iter": len(history) or None,
-                "lower_bound": history[-1]["mean_log_likelihood"] if history else None, "means_shape": shape}
+                "lower_bound": objective_of(history[-1]) if history else None, "means_shape": shape}
     return {"path": path, "converged": attrs.get("converged"), "n_iter": attrs.get("n_iter"),
             "lower_bound": attrs.get("lower_bound"), "means_shape": shape}
 
@@ -694,10 +702,10 @@ def _history_table(history: list[dict], source: str | None) -> Table:
         if h is None:
             table.add_row("…", f"({len(history) - INFO_TABLE_ROWS + 1} more)", "", "", "", "")
             continue
-        ll = h.get("mean_log_likelihood")
+        ll = objective_of(h)
         secs = h.get("seconds")
-        notes = (["resumed"] if h.get("resumed") else []) + list(h.get("notes") or [])
-        table.add_row(str(h.get("iteration")), "-" if ll is None else f"{ll:.6f}", _fmt_delta(h.get("delta")),
+        notes = (["resumed"] if h.get("resumed") else []) + note_texts(h)
+        table.add_row(str(h.get("iteration")), "-" if math.isnan(ll) else f"{ll:.6f}", _fmt_delta(h.get("delta")),
                       "-" if secs is None else f"{secs:.2f}", str(h.get("n_rows", "-")), "; ".join(notes))
     return table
 
@@ -764,9 +772,9 @@ def info(run_dir: str) -> None:
         last = history[-1]
         delta = last.get("delta")
         done = tol is not None and delta is not None and abs(delta) < float(tol)
-        ll = last.get("mean_log_likelihood")
+        ll = objective_of(last)
         out.print(f"result: {'converged' if done else 'in progress or interrupted'} at iteration "
-                  f"{last.get('iteration')}" + ("" if ll is None else f" (mean log-likelihood {ll:.6f})")
+                  f"{last.get('iteration')}" + ("" if math.isnan(ll) else f" (mean log-likelihood {ll:.6f})")
                   + "; no final model yet"
                   + ("" if done else f" (continue with `dem resume {run_dir}`)"))
     else:

@@ -25,8 +25,8 @@ import yaml
 
 from dem.data.generate import DTYPES
 from dem.errors import ConfigError
-from dem.models.gmm import COVARIANCE_TYPES
-from dem.models.init import INIT_METHODS
+from dem.families.gaussian_kernel import COVARIANCE_TYPES
+from dem.families.mixture_init import INIT_METHODS
 
 MODEL_KINDS = ("gmm", "gaussian_hmm", "categorical_hmm", "gmm_hmm")
 HMM_KINDS = ("gaussian_hmm", "categorical_hmm", "gmm_hmm")
@@ -364,7 +364,7 @@ class Config:
             import dem
 
             return dem.GaussianMixture(**self.estimator_kwargs(), client=client)
-        from dem import hmm
+        import dem as hmm
 
         m, f, o = self.model, self.fit, self.output
         common = dict(n_components=m.n_components, n_iter=f.max_iter, tol=f.tol, random_state=f.random_state,

@@ -25,3 +25,7 @@ class CollapsedComponentError(DemError, ValueError):
 
 class CheckpointError(DemError):
     """A run directory or checkpoint cannot be used."""
+
+
+class EmptyComponentWarning(UserWarning):
+    """A component lost all its responsibility; it kept its previous mean and covariance."""

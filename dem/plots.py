@@ -23,6 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from dem.engine.monitor import objective_of
+
 #: Rows of data drawn for the components picture.
 SAMPLE_ROWS = 20_000
 CONVERGENCE_PNG = "convergence.png"
@@ -83,7 +85,7 @@ _SUMMARY_KEYS = {"restart", "lower_bound", "n_iter", "converged", "history"}
 
 
 def _same_history(a: Sequence[Mapping], b: Sequence[Mapping]) -> bool:
-    return len(a) == len(b) and all(x.get("mean_log_likelihood") == y.get("mean_log_likelihood")
+    return len(a) == len(b) and all(objective_of(x) == objective_of(y)
                                     for x, y in zip(a, b))
 
 
@@ -102,7 +104,7 @@ def _summary_is(curve: Curve, r: Mapping) -> bool:
     if r.get("history"):
         return _same_history(_records(r["history"]), curve.history)
     last = curve.history[-1]
-    return (r.get("lower_bound") == last.get("mean_log_likelihood")
+    return (r.get("lower_bound") == objective_of(last)
             and int(r.get("n_iter", -1)) == int(last.get("iteration", -2)))
 
 
@@ -135,7 +137,7 @@ def _read_run_dir(url: str, storage_options: dict | None,
                   extra: Mapping[int, Sequence] | None = None) -> ConvergenceData:
     import yaml
 
-    from dem.core.checkpoint import Checkpointer, RunStore
+    from dem.engine.checkpoint import Checkpointer, RunStore
 
     store = RunStore(url, storage_options if "://" in url else None)
     meta: dict = {}
@@ -218,7 +220,7 @@ def convergence_data(source: Any, *, storage_options: dict | None = None,
     if isinstance(source, Mapping):
         curves = [Curve(int(k), _records(v)) for k, v in sorted(source.items())]
         if curves:
-            best = max(curves, key=lambda c: c.history[-1]["mean_log_likelihood"] if c.history else -math.inf)
+            best = max(curves, key=lambda c: objective_of(c.history[-1]) if c.history else -math.inf)
             best.best = True
         return ConvergenceData(curves)
     records = _records(source)
@@ -280,7 +282,7 @@ def plot_convergence(source: Any, ax: Any = None, *, storage_options: dict | Non
         if not c.history:
             continue
         it = np.array([h["iteration"] for h in c.history], dtype=float)
-        ll = np.array([h["mean_log_likelihood"] for h in c.history], dtype=float)
+        ll = np.array([objective_of(h) for h in c.history], dtype=float)
         colour = _BEST_COLOUR if c.best else next(others)
         label = (c.label + (" (best)" if c.best else "")) if several else "mean log-likelihood"
         style = dict(lw=2.2, ms=4, zorder=3, ls="-") if c.best else dict(lw=1.2, ms=3, alpha=0.8, zorder=2, ls="--")

@@ -30,8 +30,10 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from dem.engine.monitor import note_texts, objective_of
+
 #: Keys of an "iteration" event that are the iteration record itself (others label the member).
-_RECORD_KEYS = {"iteration", "mean_log_likelihood", "delta", "seconds", "n_rows", "resumed", "notes", "stage",
+_RECORD_KEYS = {"iteration", "objective", "mean_log_likelihood", "n_passes", "event", "delta", "seconds", "n_rows", "resumed", "notes", "stage",
                 "restart"}
 
 
@@ -316,10 +318,10 @@ class ProgressDisplay:
 
     def line(self, info: dict) -> str:
         """One plain line for an iteration record."""
-        notes = "; ".join(info.get("notes") or [])
+        notes = "; ".join(note_texts(info))
         eta = self.progress.eta_text() if self.progress.records else "-"
         return (f"{self._who(info)}iteration {info['iteration']:>4}  "
-                f"mean log-likelihood {info['mean_log_likelihood']:.6f}"
+                f"mean log-likelihood {objective_of(info):.6f}"
                 f"  Δ {format_delta(info.get('delta'))}  {float(info.get('seconds') or math.nan):.2f} s/iter"
                 + (f"  ETA {eta}" if eta != "-" and not self.progress.finished and not self._all_done() else "")
                 + ("  (resumed)" if info.get("resumed") else "") + (f"  [{notes}]" if notes else ""))
@@ -369,11 +371,11 @@ class ProgressDisplay:
         if self.n_init > 1:
             # Several restarts: the best so far is the number that matters.
             finals = {k: v[-1] for k, v in self.progress.records.items() if v}
-            k_best = max(finals, key=lambda k: finals[k]["mean_log_likelihood"])
+            k_best = max(finals, key=lambda k: objective_of(finals[k]))
             last = finals[k_best]
             text.append(f"best: {self.progress.name(k_best)}  ", style="dim")
         text.append("mean log-likelihood ", style="dim")
-        text.append(f"{last['mean_log_likelihood']:.6f}", style="bold")
+        text.append(f"{objective_of(last):.6f}", style="bold")
         text.append("  Δ ", style="dim")
         text.append(format_delta(last.get("delta")), style="bold")
         if tol:
@@ -385,9 +387,9 @@ class ProgressDisplay:
         for name in ("iteration", "mean log-likelihood", "Δ", "s/iter", "notes"):
             table.add_column(name, justify="left" if name == "notes" else "right")
         for r in self.rows[-self.recent_rows:]:
-            table.add_row(str(r["iteration"]), f"{r['mean_log_likelihood']:.6f}", format_delta(r.get("delta")),
+            table.add_row(str(r["iteration"]), f"{objective_of(r):.6f}", format_delta(r.get("delta")),
                           f"{float(r.get('seconds') or math.nan):.2f}",
-                          "; ".join((["resumed"] if r.get("resumed") else []) + list(r.get("notes") or [])))
+                          "; ".join((["resumed"] if r.get("resumed") else []) + note_texts(r)))
         return table
 
     def _restarts_table(self) -> Table:
@@ -395,7 +397,7 @@ class ProgressDisplay:
         table = Table(title="restarts", title_style="dim", title_justify="left", expand=False, pad_edge=False)
         for name in ("restart", "iteration", "mean log-likelihood", "Δ", "status"):
             table.add_column(name, justify="left" if name in ("status", "restart") else "right")
-        finals = {k: v[-1]["mean_log_likelihood"] for k, v in p.records.items() if v}
+        finals = {k: objective_of(v[-1]) for k, v in p.records.items() if v}
         best = max(finals, key=lambda k: finals[k]) if finals else None
         for k, recs in p.records.items():
             last = recs[-1]
@@ -410,7 +412,7 @@ class ProgressDisplay:
             if k == best and len(p.records) > 1:
                 status += ", best" if p.finished else ", best so far"
             name = p.name(k).removeprefix("restart ")
-            table.add_row(name, str(last["iteration"]), f"{last['mean_log_likelihood']:.6f}",
+            table.add_row(name, str(last["iteration"]), f"{objective_of(last):.6f}",
                           format_delta(last.get("delta")), status)
         for _ in range(max(0, p.n_init - len(p.records))):
             table.add_row("-", "-", "-", "-", "waiting")

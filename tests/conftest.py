@@ -60,3 +60,17 @@ def local_cluster_client():
     finally:
         client.close()
         cluster.close()
+
+
+@pytest.fixture(scope="session")
+def one_worker_client():
+    """A real 1-process ``LocalCluster`` (not the default client)."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

@@ -126,10 +126,10 @@ def test_info_shows_the_history(fitted_run) -> None:
     assert info.returncode == 0, info.stderr
     assert "history" in info.stdout and "mean log-likelihood" in info.stdout
     assert "model: gmm, 3 components, full covariance" in info.stdout
-    table_rows = [line for line in info.stdout.splitlines() if f"{history[-1]['mean_log_likelihood']:.6f}" in line]
+    table_rows = [line for line in info.stdout.splitlines() if f"{history[-1]['objective']:.6f}" in line]
     assert table_rows, info.stdout
     for h in history:
-        assert f"{h['mean_log_likelihood']:.6f}" in info.stdout
+        assert f"{h['objective']:.6f}" in info.stdout
     assert f"after {len(history)} iterations" in info.stdout
     assert "model.zarr" in info.stdout
 
@@ -158,16 +158,16 @@ def test_resume_of_a_finished_run_ends_where_it_was(fitted_run) -> None:
     resumed = run_dem("resume", "run", "--set", "fit.max_iter=60", cwd=work)
     assert resumed.returncode == 0, resumed.stderr
     after = json.loads((work / "run" / "history.json").read_text())
-    assert [h["mean_log_likelihood"] for h in after] == [h["mean_log_likelihood"] for h in before]
+    assert [h["objective"] for h in after] == [h["objective"] for h in before]
     assert yaml.safe_load((work / "run" / "config.yaml").read_text())["fit"]["max_iter"] == 60
 
 
 def test_info_reads_checkpoint_meta_without_history(tmp_path: Path, capsys, monkeypatch) -> None:
     ckpt = tmp_path / "run" / "checkpoints" / "ckpt-00000002-abc"
     ckpt.mkdir(parents=True)
-    history = [{"iteration": 1, "mean_log_likelihood": -3.25, "delta": None, "seconds": 0.5, "n_rows": 10,
+    history = [{"iteration": 1, "objective": -3.25, "delta": None, "seconds": 0.5, "n_rows": 10,
                 "resumed": False, "notes": []},
-               {"iteration": 2, "mean_log_likelihood": -3.125, "delta": 0.125, "seconds": 0.25, "n_rows": 10,
+               {"iteration": 2, "objective": -3.125, "delta": 0.125, "seconds": 0.25, "n_rows": 10,
                 "resumed": True, "notes": []}]
     (ckpt / "meta.json").write_text(json.dumps({"history": history}))
     proc = run_main("info", "run", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)

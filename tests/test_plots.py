@@ -63,7 +63,7 @@ def test_convergence_lines_are_the_history(blobs, tmp_path):
     hist = est.history_
     ll = _line(fig, "ll-restart-0")
     np.testing.assert_array_equal(ll.get_xdata(), [h["iteration"] for h in hist])
-    np.testing.assert_array_equal(ll.get_ydata(), [h["mean_log_likelihood"] for h in hist])
+    np.testing.assert_array_equal(ll.get_ydata(), [h["objective"] for h in hist])
     delta = _line(fig, "delta-restart-0")
     with_delta = [h for h in hist if h["delta"] is not None]
     np.testing.assert_array_equal(delta.get_xdata(), [h["iteration"] for h in with_delta])
@@ -92,7 +92,7 @@ def test_restarts_are_overlaid(blobs):
             continue
         if r.get("history"):
             line = _line(fig, f"ll-restart-{k}")
-            np.testing.assert_array_equal(line.get_ydata(), [h["mean_log_likelihood"] for h in r["history"]])
+            np.testing.assert_array_equal(line.get_ydata(), [h["objective"] for h in r["history"]])
         else:  # only the summary is known: a marker at its final value
             mark = _line(fig, f"endpoint-restart-{k}")
             assert list(mark.get_xdata()) == [r["n_iter"]] and list(mark.get_ydata()) == [r["lower_bound"]]
@@ -108,7 +108,7 @@ def test_restarts_are_overlaid(blobs):
     fig = plot_convergence(seen)
     for k, recs in seen.items():
         np.testing.assert_array_equal(_line(fig, f"ll-restart-{k}").get_ydata(),
-                                      [h["mean_log_likelihood"] for h in recs])
+                                      [h["objective"] for h in recs])
 
 
 def test_run_directory_marks_the_resumed_iterations(blobs, tmp_path):
@@ -120,7 +120,7 @@ def test_run_directory_marks_the_resumed_iterations(blobs, tmp_path):
     assert [h["resumed"] for h in history] == [False, False, False, True, False, False, False]
     fig = plot_convergence(str(run))
     np.testing.assert_array_equal(_line(fig, "ll-restart-0").get_ydata(),
-                                  [h["mean_log_likelihood"] for h in history])
+                                  [h["objective"] for h in history])
     marks = [line for line in fig.axes[0].get_lines() if line.get_gid() == "resumed"]
     assert len(marks) == 1 and list(marks[0].get_xdata()) == [3.5, 3.5]
     assert est.n_iter_ == 7

@@ -38,7 +38,7 @@ def _records(n, *, d0=0.1, rate=0.5, seconds=2.0, restart=0, ll0=-5.0):
     for t in range(1, n + 1):
         delta = None if t == 1 else d0 * rate ** (t - 2)
         ll = ll if delta is None else ll + delta
-        out.append({"restart": restart, "iteration": t, "mean_log_likelihood": ll, "delta": delta,
+        out.append({"restart": restart, "iteration": t, "objective": ll, "delta": delta,
                     "seconds": seconds, "n_rows": 100, "resumed": False, "notes": []})
     return out
 
@@ -103,7 +103,7 @@ def test_plain_lines_from_a_real_fit(blobs):
     assert len(lines) == len(est.history_) == 8
     for line, h in zip(lines, est.history_):
         assert f"iteration {h['iteration']:>4}" in line
-        assert f"mean log-likelihood {h['mean_log_likelihood']:.6f}" in line
+        assert f"mean log-likelihood {h['objective']:.6f}" in line
         assert "s/iter" in line and "Δ" in line
     assert "ETA" in lines[3]
     assert "\x1b[" not in out and f"{len(X):,} rows × 3 features" in out
@@ -125,7 +125,7 @@ def test_live_panel_on_a_terminal_console():
     frame = mid[mid.rindex("dem fit"):]
     for field in ("2 restarts (2 running)", "iteration 4/40", "s/iter", "ETA ~", "mean log-likelihood", "Δ",
                   "best: restart 1/2", "running", "best so far",
-                  f"{recs[3][0]['mean_log_likelihood']:.6f}", f"{recs[3][1]['mean_log_likelihood']:.6f}"):
+                  f"{recs[3][0]['objective']:.6f}", f"{recs[3][1]['objective']:.6f}"):
         assert field in frame, (field, frame)
     display("iteration", recs[4][0])
     display("iteration", recs[4][1])
@@ -187,7 +187,7 @@ def test_dem_fit_on_a_terminal_shows_the_live_panel_and_writes_pictures(tmp_path
     assert "\x1b[" in raw.decode("utf-8", "replace")  # rich drew on the terminal
     panel = text[text.rindex("dem fit"):]
     for field in ("2 restarts", f"iteration {len(history)}", "s/iter", "elapsed", "done",
-                  "mean log-likelihood", "Δ", f"{history[-1]['mean_log_likelihood']:.6f}", "converged, best"):
+                  "mean log-likelihood", "Δ", f"{history[-1]['objective']:.6f}", "converged, best"):
         assert field in panel, (field, panel)
     assert not [line for line in text.splitlines() if line.startswith("restart 1/2  iteration")]  # no plain lines
     for name in ("convergence.png", "components.png"):

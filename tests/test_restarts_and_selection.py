@@ -13,7 +13,9 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import dem
 from dem.data.partitions import ZarrRows
-from dem.models import kmeans_parallel as kmp
+from dem.data.record import Partition
+from dem.data.row_random import row_uniforms
+from dem.engine import kmeans_parallel as kmp
 
 FITTED = ("weights_", "means_", "covariances_", "precisions_cholesky_", "lower_bound_", "n_iter_")
 
@@ -42,7 +44,7 @@ def test_restarts_in_one_pass_equal_separate_fits_bitwise(grid_blobs):
     alone = [_quiet(dem.GaussianMixture(9, random_state=20 + r, **kw), X) for r in range(4)]
     for r, single in enumerate(alone):
         assert together.restarts_[r]["lower_bound"] == single.lower_bound_
-        assert [h["mean_log_likelihood"] for h in together.restarts_[r]["history"]] == single.lower_bounds_
+        assert [h["objective"] for h in together.restarts_[r]["history"]] == single.lower_bounds_
     best = int(np.argmax([s.lower_bound_ for s in alone]))
     assert together.best_restart_ == best
     for name in FITTED:
@@ -91,7 +93,7 @@ def _direct_kmeans_parallel_candidates(X, seed, rounds, ell):
     for r in range(rounds):
         d = np.min(((X[:, None, :] - C[None, :, :]) ** 2).sum(axis=2), axis=1)
         phi = d.sum()
-        u = kmp.row_uniforms(seed, r, 0, n)
+        u = row_uniforms((seed, 7, r), 0, n)
         C = np.vstack([C, X[u < ell * d / phi]])
     return C
 
@@ -104,9 +106,9 @@ def test_kmeans_parallel_samples_exactly_the_sequential_algorithm(grid_blobs, cu
     captured = {}
 
     def map_partitions(fn, shared):
-        out = [fn(shared, X[a:b], None, a) for a, b in zip(bounds[:-1], bounds[1:])]
+        out = [fn(shared, Partition(X[a:b], start=a)) for a, b in zip(bounds[:-1], bounds[1:])]
         if fn is kmp.candidate_weights:
-            captured["candidates"] = shared[0]
+            captured["candidates"] = shared[0][0]
         return out
 
     kmp.kmeans_parallel_centres(map_partitions, lambda i: X[i], len(X), 9, [123], rounds=2)
@@ -191,6 +193,6 @@ def test_annealing_escapes_a_start_that_traps_plain_em():
     stages = [h["stage"] for h in annealed.history_]
     assert stages[0] == "beta=0.05" and stages[-1] is None
     # Within each stage the tempered objective never decreases.
-    lls = np.array([h["mean_log_likelihood"] for h in annealed.history_])
+    lls = np.array([h["objective"] for h in annealed.history_])
     same = np.array([a == b for a, b in zip(stages[:-1], stages[1:])])
     assert np.all(np.diff(lls)[same] >= -1e-9 * np.abs(lls[1:][same]))

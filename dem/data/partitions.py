@@ -29,6 +29,7 @@ from dask.delayed import Delayed
 import dask.array as da
 import numpy as np
 
+from dem.data.record import Partition
 from dem.errors import DataError
 
 #: Bounds of the automatic partition size (uncompressed bytes): large enough
@@ -106,6 +107,17 @@ def read_block(ref: Any, start: int, stop: int) -> np.ndarray:
     return np.asarray(ref)
 
 
+def read_partition(x_ref: Any, w_ref: Any, y_ref: Any, lengths: Any, start: int, stop: int) -> Partition:
+    """One partition's rows and side data as a :class:`Partition` (runs in the task)."""
+    return Partition(
+        read_block(x_ref, start, stop),
+        None if w_ref is None else np.asarray(read_block(w_ref, start, stop), dtype=np.float64),
+        None if lengths is None else np.asarray(lengths),
+        None if y_ref is None else read_block(y_ref, start, stop),
+        int(start),
+    )
+
+
 @dataclasses.dataclass
 class PartitionedData:
     """A (sample, feature) matrix cut into row partitions.
@@ -134,6 +146,15 @@ class PartitionedData:
     weights_source: ZarrRows | None = None
     in_memory: bool = False
     _fingerprint: str | None = dataclasses.field(default=None, repr=False)
+    y_refs: list[Any] | None = None
+    length_refs: list[Any] | None = None
+
+    def sources(self) -> list[tuple]:
+        """Per partition, the arguments of :func:`read_partition`: (x, w, y, lengths, start, stop)."""
+        none = [None] * self.n_partitions
+        return [(x, w, y, l, a, b) for x, w, y, l, (a, b) in
+                zip(self.x_refs, self.w_refs or none, self.y_refs or none, self.length_refs or none,
+                    self.bounds)]
 
     @property
     def n_partitions(self) -> int:
@@ -166,8 +187,20 @@ class PartitionedData:
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` on the driver (small reads only: sampling, checks)."""
+        out = self._read_field(self.x_refs, start, stop)
+        return np.empty((0, self.n_features), dtype=self.dtype) if out is None else out
+
+    def read_partition(self, start: int, stop: int) -> Partition:
+        """Rows ``start:stop`` with their weights and targets, on the driver (small reads only)."""
+        w = self._read_field(self.w_refs, start, stop)
+        return Partition(self.read_rows(start, stop), None if w is None else np.asarray(w, dtype=np.float64),
+                         None, self._read_field(self.y_refs, start, stop), int(start))
+
+    def _read_field(self, refs: list[Any] | None, start: int, stop: int) -> np.ndarray | None:
+        if refs is None:
+            return None
         out = []
-        for (a, b), ref in zip(self.bounds, self.x_refs):
+        for (a, b), ref in zip(self.bounds, refs):
             lo, hi = max(a, start), min(b, stop)
             if lo >= hi:
                 continue
@@ -177,9 +210,7 @@ class PartitionedData:
                 out.append(np.asarray(ref.compute(scheduler="sync"))[lo - a : hi - a])
             else:
                 out.append(np.asarray(ref)[lo - a : hi - a])
-        if not out:
-            return np.empty((0, self.n_features), dtype=self.dtype)
-        return np.concatenate(out)
+        return np.concatenate(out) if out else None
 
 
 def partition_rows_for(
@@ -381,6 +412,47 @@ def from_xarray(X: Any, sample_weight: Any = None, partition_rows: int | None = 
     return out
 
 
+def attach_targets(data: PartitionedData, y: Any) -> PartitionedData:
+    """``data`` with targets ``y`` cut along the same rows (conditional models).
+
+    ``y`` is an array-like, dask array or DataArray of ``n_samples`` rows, or
+    with Zarr input the name of an array in the same group.
+    """
+    n = data.n_samples
+    if isinstance(y, str):
+        src = data.zarr_source
+        if src is None:
+            raise DataError(f"targets given by name ({y!r}) need Zarr input; pass the array itself")
+        import zarr
+
+        group = zarr.open(store=src.url, mode="r", storage_options=dict(src.storage_options) or None)
+        if not isinstance(group, zarr.Group) or y not in group:
+            names = sorted(group.array_keys()) if isinstance(group, zarr.Group) else []
+            raise DataError(f"Zarr group {src.url!r} has no target array {y!r}; it has {names}")
+        shape = group[y].shape
+        if len(shape) not in (1, 2) or shape[0] != n:
+            raise DataError(f"target array {y!r} must have {n} rows to match X; got shape {tuple(shape)}")
+        data.y_refs = [ZarrRows(src.url, y, src.storage_options)] * data.n_partitions
+        return data
+    if hasattr(y, "dims") and hasattr(y, "coords"):
+        y = y.data
+    if isinstance(y, da.Array):
+        if y.ndim not in (1, 2) or y.shape[0] != n:
+            raise DataError(f"y must have {n} rows to match X; got shape {tuple(y.shape)}")
+        rows = tuple(b - a for a, b in data.bounds)
+        y = y.rechunk({0: rows} if y.ndim == 1 else {0: rows, 1: -1})
+        data.y_refs = list(y.to_delayed(optimize_graph=False).ravel())
+        return data
+    try:
+        arr = np.asarray(y)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"cannot read y as an array: {exc}") from None
+    if arr.ndim not in (1, 2) or arr.shape[0] != n:
+        raise DataError(f"y must have {n} rows to match X; got shape {tuple(arr.shape)}")
+    data.y_refs = [arr[a:b] for a, b in data.bounds]
+    return data
+
+
 def as_partitioned(
     X: Any,
     sample_weight: Any = None,
@@ -389,11 +461,27 @@ def as_partitioned(
     variable: str | None = None,
     storage_options: dict[str, Any] | None = None,
     memory_per_thread: int | None = None,
+    y: Any = None,
 ) -> PartitionedData:
     """Partition any supported input: numpy, dask, xarray, Zarr path/URL.
 
-    ``partition_rows=None`` picks the size with :func:`auto_partition_bytes`.
+    ``partition_rows=None`` picks the size with :func:`auto_partition_bytes`;
+    ``y`` (targets of a conditional model) is cut along the same rows.
     """
+    data = _as_partitioned(X, sample_weight, partition_rows, variable=variable,
+                           storage_options=storage_options, memory_per_thread=memory_per_thread)
+    return data if y is None else attach_targets(data, y)
+
+
+def _as_partitioned(
+    X: Any,
+    sample_weight: Any = None,
+    partition_rows: int | None = None,
+    *,
+    variable: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    memory_per_thread: int | None = None,
+) -> PartitionedData:
     if isinstance(X, PartitionedData):
         return X
     if isinstance(X, (str, os.PathLike)):

@@ -22,9 +22,9 @@ data (and the model's per-step working size) only, never on the cluster, so
 fits are bitwise the same on any number of workers. The result is an ordinary
 :class:`~dem.data.partitions.PartitionedData` whose ``x_refs`` read the rows
 (a :class:`~dem.data.partitions.ZarrRows` spec, or a numpy view) and whose
-``w_refs`` — the per-partition *side data* the engine passes to the E-step —
-are the partition's sequence lengths (a small int64 array). The engine needs
-no notion of sequences.
+``length_refs`` are the partition's sequence lengths (a small int64 array),
+which reach the E-step as :attr:`~dem.data.record.Partition.lengths`. The
+engine needs no notion of sequences.
 
 The limit on one sequence
 -------------------------
@@ -32,7 +32,7 @@ A sequence is never split: its forward–backward lattices live in one task.
 A sequence of ``T`` steps needs about ``8 · T · n_components · 8`` bytes
 (emission log-probabilities and probabilities, forward and backward
 variables, posteriors and temporaries;
-:data:`dem.models.hmm_lattice.LATTICE_ARRAYS`) plus ``8 · T · n_features``
+:data:`dem.families.hmm_lattice.LATTICE_ARRAYS`) plus ``8 · T · n_features``
 bytes for its rows.
 :func:`check_sequence_memory` refuses, with a :class:`~dem.errors.DataError`
 naming the sequence, a dataset whose longest sequence would need more than
@@ -61,10 +61,9 @@ from dem.data.partitions import (
     PartitionedData,
     ZarrRows,
     auto_partition_bytes,
-    read_block,
+    read_partition,
 )
 from dem.errors import ConfigError, DataError
-from dem.models.hmm_lattice import LATTICE_ARRAYS
 
 KINDS: tuple[str, ...] = ("gaussian", "categorical", "gmm")
 
@@ -153,9 +152,13 @@ def sequence_cuts(offsets: np.ndarray, target_rows: int) -> np.ndarray:
     return cuts.astype(np.int64)
 
 
-def working_row_bytes(n_features: int, n_components: int, n_mix: int = 1) -> int:
-    """Bytes one time step costs an E-step task (its row in float64 plus lattices)."""
-    return 8 * (n_features + LATTICE_ARRAYS * n_components + n_components * n_mix)
+def working_row_bytes(n_features: int, n_components: int, n_mix: int = 1, lattice_arrays: int = 8) -> int:
+    """Bytes one time step costs an E-step task (its row in float64 plus lattices).
+
+    ``lattice_arrays`` is how many (steps × states) float64 arrays one
+    sequence's forward–backward holds at once (the HMM family says how many).
+    """
+    return 8 * (n_features + lattice_arrays * n_components + n_components * n_mix)
 
 
 def target_partition_rows(n_rows: int, row_bytes: int, partition_rows: int | None = None) -> int:
@@ -170,7 +173,7 @@ def target_partition_rows(n_rows: int, row_bytes: int, partition_rows: int | Non
 
 
 def check_sequence_memory(offsets: np.ndarray, n_components: int, n_features: int,
-                          limit_bytes: int) -> None:
+                          limit_bytes: int, lattice_arrays: int = 8) -> None:
     """Refuse data whose longest sequence cannot fit in one task's memory.
 
     Raises
@@ -181,11 +184,11 @@ def check_sequence_memory(offsets: np.ndarray, n_components: int, n_features: in
     lengths = np.diff(offsets)
     i = int(lengths.argmax())
     T = int(lengths[i])
-    need = T * (LATTICE_ARRAYS * n_components * 8 + 8 * n_features)
+    need = T * (lattice_arrays * n_components * 8 + 8 * n_features)
     if need > limit_bytes:
         raise DataError(
             f"sequence {i} has {T} steps; its forward-backward lattices need about "
-            f"{LATTICE_ARRAYS} x length x n_components x 8 bytes = {need / 2**20:.0f} MiB in one task, "
+            f"{lattice_arrays} x length x n_components x 8 bytes = {need / 2**20:.0f} MiB in one task, "
             f"more than the {limit_bytes / 2**20:.0f} MiB allowed per task; split it into shorter "
             "sequences or use workers with more memory per thread")
 
@@ -195,7 +198,7 @@ def check_sequence_memory(offsets: np.ndarray, n_components: int, n_features: in
 
 @dataclasses.dataclass
 class SequenceData(PartitionedData):
-    """:class:`PartitionedData` of whole sequences; ``w_refs`` are per-partition lengths.
+    """:class:`PartitionedData` of whole sequences; ``length_refs`` are per-partition lengths.
 
     Extra attributes
     ----------------
@@ -230,10 +233,11 @@ def _partitioned(X_refs: list, offsets: np.ndarray, cuts: np.ndarray, n_features
                  **kw: Any) -> SequenceData:
     bounds = [(int(offsets[a]), int(offsets[b])) for a, b in zip(cuts[:-1], cuts[1:])]
     lengths = np.diff(offsets)
-    w_refs = [np.ascontiguousarray(lengths[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    length_refs = [np.ascontiguousarray(lengths[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
     return SequenceData(
-        int(offsets[-1]), n_features, np.dtype(dtype), bounds, X_refs, w_refs, description,
-        chunk_rows, offsets=offsets, cuts=cuts, symbols=symbols, target_rows=target_rows, **kw)
+        int(offsets[-1]), n_features, np.dtype(dtype), bounds, X_refs, None, description,
+        chunk_rows, offsets=offsets, cuts=cuts, symbols=symbols, target_rows=target_rows,
+        length_refs=length_refs, **kw)
 
 
 def _check_observations(shape: tuple[int, ...], dtype: np.dtype, symbols: bool, where: str) -> int:
@@ -396,7 +400,7 @@ def write_sequences(path: str | os.PathLike, X: Any, lengths: Any = None, *, chu
 
 def write_partition_outputs(
     data: SequenceData,
-    fn: Callable[[Any, np.ndarray, np.ndarray, int], tuple[np.ndarray, ...]],
+    fn: Callable[[Any, Any], tuple[np.ndarray, ...]],
     shared: Any,
     path: str,
     outputs: list[tuple[str, str, tuple[int, ...], Any]],
@@ -409,7 +413,7 @@ def write_partition_outputs(
 ) -> None:
     """Map ``fn`` over the partitions and write its outputs to a Zarr group, in parallel.
 
-    ``fn(shared, X, lengths, row_offset)`` returns one array per entry of
+    ``fn(shared, part)`` (``part`` a :class:`~dem.data.record.Partition`) returns one array per entry of
     ``outputs``, each ``(name, per, trailing_shape, dtype)`` with ``per``
     ``"row"`` (first axis: the partition's rows) or ``"sequence"`` (its
     sequences). Each partition's result becomes a block of a dask array that
@@ -431,7 +435,7 @@ def write_partition_outputs(
         (int(np.prod(o[2])) for o in outputs), default=1))))
     shared_d = dask.delayed(shared, traverse=False)
     parts: dict[str, list] = {name: [] for name, *_ in outputs}
-    for i, ((a, b), x_ref, lengths) in enumerate(zip(data.bounds, data.x_refs, data.w_refs)):
+    for i, ((a, b), x_ref, lengths) in enumerate(zip(data.bounds, data.x_refs, data.length_refs)):
         res = dask.delayed(_run_outputs, pure=False, nout=len(outputs))(fn, shared_d, x_ref, lengths, a, b)
         if len(outputs) == 1:
             res = (res,)
@@ -453,7 +457,7 @@ def write_partition_outputs(
 
 
 def _run_outputs(fn: Callable, shared: Any, x_ref: Any, lengths: np.ndarray, start: int, stop: int) -> tuple:
-    return tuple(fn(shared, read_block(x_ref, start, stop), lengths, start))
+    return tuple(fn(shared, read_partition(x_ref, None, None, lengths, start, stop)))
 
 
 # -- synthetic data ----------------------------------------------------------

@@ -253,14 +253,17 @@ def test_negative_dask_weights(X):
 
 
 def test_invalid_covariance_type(X):
-    _raises(ConfigError, r"covariance_type must be one of full, tied, diag, spherical; got 'banana'",
+    # scikit-learn's wording (and its InvalidParameterError, which dem's ConfigError subclasses).
+    _raises(ConfigError, r"The 'covariance_type' parameter of GaussianMixture must be a str among .* Got 'banana'",
             lambda: _fit(X, covariance_type="banana"))
 
 
 @pytest.mark.parametrize("n", [0, -1, 1.5])
 def test_invalid_n_components(X, n):
-    _raises(ConfigError, rf"n_components must be an integer >= 1 or a list of them; got {n}", lambda: _fit(X, n_components=n))
+    _raises(ConfigError, rf"The 'n_components' parameter of GaussianMixture must be an int in the range "
+                         rf"\[1, inf\).* Got {n} instead", lambda: _fit(X, n_components=n))
 
 
 def test_negative_tol(X):
-    _raises(ConfigError, r"tol must be a finite number >= 0; got -0.1", lambda: _fit(X, tol=-0.1))
+    _raises(ConfigError, r"The 'tol' parameter of GaussianMixture must be a float in the range \[0.0, inf\). "
+                         r"Got -0.1 instead", lambda: _fit(X, tol=-0.1))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dem.core.executor import Executor
+from dem.engine.executor import Executor
 from dem.data import sequences as seq
 from dem.errors import ConfigError, DataError
 
@@ -89,8 +89,8 @@ def test_numpy_partitions_are_views_with_their_lengths_as_side_data(rng):
     assert data.n_sequences == 40
     rebuilt = np.concatenate(data.x_refs)
     np.testing.assert_array_equal(rebuilt, X)
-    np.testing.assert_array_equal(np.concatenate(data.w_refs), lengths)
-    for (a, b), x, w in zip(data.bounds, data.x_refs, data.w_refs):
+    np.testing.assert_array_equal(np.concatenate(data.length_refs), lengths)
+    for (a, b), x, w in zip(data.bounds, data.x_refs, data.length_refs):
         assert x.shape[0] == b - a == w.sum()
         assert np.shares_memory(x, X)
         assert w.dtype == np.int64
@@ -107,7 +107,7 @@ def test_zarr_partitions_read_their_own_rows_through_the_executor(tmp_path, rng)
     assert not data.in_memory and data.n_partitions > 2
     ex = Executor(n_threads=2)
     placed = ex.place(data, cache=False)
-    got = ex.map(lambda shared, Xb, lens, start: (start, np.asarray(Xb), lens), None, placed, data.bounds)
+    got = ex.map(lambda shared, part: (part.start, np.asarray(part.X), part.lengths), None, placed)
     for (a, b), (start, Xb, lens) in zip(data.bounds, got):
         assert start == a
         np.testing.assert_array_equal(Xb, X[a:b])

@@ -1,0 +1,97 @@
+"""What every mixture estimator shares: predict, predict_proba, score, BIC, sampling.
+
+Mixture families provide ``weighted_log_prob(params, X)`` (n, K); this mixin
+turns it into scikit-learn's ``score_samples``, ``predict``,
+``predict_proba``, ``score``, ``bic``, ``aic`` and ``fit_predict``, through
+the one predict path of :mod:`dem.estimator.inference`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy.special import logsumexp
+from sklearn.utils.validation import check_is_fitted
+
+from dem.errors import DataError
+from dem.estimator.inference import apply_rows, compute
+
+
+class _RowFunction:
+    """A fitted per-row function that pickles to workers: family, parameters, which output."""
+
+    def __init__(self, family: Any, params: Any, what: str) -> None:
+        self.family, self.params, self.what = family, params, what
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        lp = self.family.weighted_log_prob(self.params, X)
+        if self.what == "score_samples":
+            return logsumexp(lp, axis=1)
+        if self.what == "predict":
+            return lp.argmax(axis=1)
+        return np.exp(lp - logsumexp(lp, axis=1, keepdims=True))
+
+
+class MixtureMixin:
+    """Inference of a fitted mixture estimator (numpy in → numpy out, lazy in → lazy out)."""
+
+    #: Whether NaN in prediction input marks a missing value (Gaussian mixture, missing="em").
+    def _nan_is_missing(self) -> bool:
+        return False
+
+    def _check_rows(self, arr: np.ndarray) -> None:
+        bad = np.isinf(arr) if self._nan_is_missing() else ~np.isfinite(arr)
+        if bad.any():
+            row = int(np.flatnonzero(bad.any(axis=1))[0])
+            raise DataError(f"X contains {'inf' if self._nan_is_missing() else 'NaN or inf'} at row {row}")
+
+    def _apply(self, X: Any, what: str) -> Any:
+        check_is_fitted(self, "n_iter_")
+        fn = _RowFunction(self._fitted_family(), self._fitted_params(), what)
+        k = self._fitted_params().weights.shape[0] if hasattr(self._fitted_params(), "weights") else None
+        return apply_rows(
+            X, fn, n_features=self.n_features_in_, name=type(self).__name__,
+            out_columns=k if what == "predict_proba" else None,
+            dtype=np.int64 if what == "predict" else np.float64, check=self._check_rows,
+            storage_options=self.storage_options)
+
+    def score_samples(self, X: Any) -> Any:
+        """Log-likelihood of each sample (numpy in, numpy out; lazy in, lazy out)."""
+        return self._apply(X, "score_samples")
+
+    def predict(self, X: Any) -> Any:
+        """Most probable component of each sample."""
+        return self._apply(X, "predict")
+
+    def predict_proba(self, X: Any) -> Any:
+        """Posterior probability of each component for each sample, (n, K)."""
+        return self._apply(X, "predict_proba")
+
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
+        """Fit, then predict the labels of ``X``."""
+        return self.fit(X, sample_weight=sample_weight).predict(X)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood per sample of ``X``."""
+        return float(np.mean(compute(self.score_samples(X))))
+
+    def _n_samples(self, X: Any) -> int:
+        if isinstance(X, (str, bytes)) or hasattr(X, "__fspath__"):
+            from dem.data.partitions import as_partitioned
+            return as_partitioned(X, storage_options=self.storage_options).n_samples
+        return int(np.shape(X)[0])
+
+    def _n_parameters(self) -> int:
+        return self._fitted_family().n_parameters(self.n_features_in_)
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion on ``X`` (lower is better)."""
+        n = self._n_samples(X)
+        return -2.0 * self.score(X) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion on ``X`` (lower is better)."""
+        n = self._n_samples(X)
+        return -2.0 * self.score(X) * n + 2.0 * self._n_parameters()
