@@ -170,7 +170,7 @@ class CategoricalHMM(HMMEstimator):
                  storage_options: dict | None = None) -> None:
         store_params(self, locals())
 
-    def _resolve_n_features(self, data: SequenceData, user: dict, summary: Any) -> int:
+    def _resolve_n_features(self, data: Any, user: dict, summary: Any) -> int:
         if self.n_features is not None:
             S = int(self.n_features)
         elif "e" in user:
