@@ -193,6 +193,11 @@ def _memory_limit(v: Any) -> Any:
     raise _Invalid(want)
 
 
+#: ``host:port`` as Dask parses it: a name, an IPv4 address or a bracketed IPv6
+#: address, then a port number (distributed has no default port for a client).
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
+
+
 def _address(v: Any) -> Any:
     want = "null or a scheduler address like tcp://host:8786 or tls://host:8786"
     if v is None:
@@ -201,9 +206,34 @@ def _address(v: Any) -> Any:
         raise _Invalid(want)
     m = re.fullmatch(r"(?:([a-z]+)://)?(.+)", v)
     assert m is not None
-    if m.group(1) is not None and m.group(1) not in ADDRESS_SCHEMES:
+    scheme, location = m.group(1) or "tcp", m.group(2)
+    if scheme not in ADDRESS_SCHEMES:
+        raise _Invalid(want)
+    if scheme != "inproc":
+        # Checked here so a typo is one line before anything starts, rather
+        # than a ValueError from deep inside distributed's connect.
+        port = _HOST_PORT.fullmatch(location)
+        if port is None or not 0 < int(port.group(1)) < 65536:
+            raise _Invalid(want)
+    return v
+
+
+def _host(v: Any) -> str:
+    want = "a host name or IP address to listen on, like 127.0.0.1 or 0.0.0.0"
+    if not isinstance(v, str) or not re.fullmatch(r"\[?[0-9A-Za-z_.:-]+\]?", v):
         raise _Invalid(want)
     return v
+
+
+def _listen_address(v: Any) -> Any:
+    want = "null or host:port to serve the dashboard on, like 127.0.0.1:8787 (port 0: any free port)"
+    if v is None:
+        return None
+    if isinstance(v, str):
+        port = _HOST_PORT.fullmatch(v)
+        if port is not None and int(port.group(1)) < 65536:
+            return v
+    raise _Invalid(want)
 
 
 def _field(default: Any, check: Check, doc: str = "") -> Any:
@@ -291,6 +321,10 @@ class ClusterConfig:
     threads_per_worker: int = _field(1, _int(1), "threads per worker")
     memory_limit: Any = _field("auto", _memory_limit, "per worker")
     dashboard: bool = _field(True, _bool, "serve the Dask dashboard")
+    host: str = _field("127.0.0.1", _host,
+                       "interface the embedded scheduler and workers listen on (0.0.0.0: every interface)")
+    dashboard_address: str | None = _field(None, _listen_address,
+                                           "host:port of the embedded dashboard (null: cluster.host, a free port)")
     security: SecurityConfig | None = _field(None, lambda v: v, "TLS for a tls:// address")
 
 
@@ -512,13 +546,54 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], src: _Sou
     return raw
 
 
+def _refuse_duplicate_keys(node: Any, name: str, path: str = "", seen: set[int] | None = None) -> None:
+    """A :class:`ConfigError` naming the first key written twice in one mapping, and both lines.
+
+    PyYAML keeps the last value of a repeated key without a word, so a second
+    ``fit:`` section would silently replace the first.
+    """
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already checked (or a recursive one)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, Any] = {}
+        for key, value in node.value:
+            # `<<` merges are meant to be overridden; other non-scalar keys are refused later.
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                dotted = f"{path}.{key.value}" if path else key.value
+                if key.value in first:
+                    raise ConfigError(
+                        f"{name}: key {dotted!r} appears twice, at lines {first[key.value].start_mark.line + 1} "
+                        f"and {key.start_mark.line + 1}; keep one (YAML would silently use the last)")
+                first[key.value] = key
+            else:
+                dotted = path
+            _refuse_duplicate_keys(value, name, dotted, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, name, f"{path}[{i}]", seen)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping."""
+
+    def construct_document(self, node: Any) -> Any:
+        _refuse_duplicate_keys(node, self.name)
+        return super().construct_document(node)
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
-    """The top-level mapping of a YAML file (empty file: ``{}``)."""
+    """The top-level mapping of a YAML file (empty file: ``{}``).
+
+    Parsed with PyYAML's safe loader (no Python objects), refusing a key
+    that appears twice in one mapping.
+    """
     path = os.fspath(path)
     name = path
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
+            raw = yaml.load(fh, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"config file {name!r} not found") from None
     except IsADirectoryError:

@@ -243,3 +243,47 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+# -- issue 17: duplicate keys, scheduler addresses, listening interfaces ------
+
+def test_duplicate_section_is_refused_naming_key_and_both_lines(tmp_path: Path) -> None:
+    text = "data:\n  path: d.zarr\nfit:\n  tol: 0.5\nmodel:\n  n_components: 2\nfit:\n  max_iter: 3\n"
+    msg = error_of(tmp_path, text)
+    assert msg == (f"{tmp_path / 'config.yaml'}: key 'fit' appears twice, at lines 3 and 7; "
+                   "keep one (YAML would silently use the last)")
+
+
+def test_duplicate_nested_key_is_refused_with_its_dotted_name(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, "data: {path: d.zarr}\nfit:\n  tol: 0.5\n  max_iter: 4\n  tol: 0.1\n")
+    assert "key 'fit.tol' appears twice, at lines 3 and 5" in msg
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "data: {path: d.zarr}\nfit:\n  <<: {max_iter: 7, tol: 0.5}\n  tol: 0.25\n"))
+    assert cfg.fit.max_iter == 7 and cfg.fit.tol == 0.25
+
+
+@pytest.mark.parametrize("address", ["notanaddress", "tcp://scheduler", "scheduler:port", "tcp://host:99999",
+                                     "tcp://:8786"])
+def test_scheduler_address_without_host_and_port_is_refused(tmp_path: Path, address: str) -> None:
+    msg = error_of(tmp_path, "data: {path: d.zarr}\n", [f"cluster.address={address}"])
+    assert msg == ("cluster.address must be null or a scheduler address like tcp://host:8786 or "
+                   f"tls://host:8786; got {address!r} (str) in --set")
+
+
+@pytest.mark.parametrize("address", ["tcp://scheduler:8786", "scheduler:8786", "tls://10.0.0.1:8786",
+                                     "tcp://[::1]:8786", "inproc://192.168.1.1/123/4"])
+def test_valid_scheduler_addresses_pass(tmp_path: Path, address: str) -> None:
+    assert load_config(write(tmp_path, "data: {path: d.zarr}\n"), [f"cluster.address={address}"]
+                       ).cluster.address == address
+
+
+def test_embedded_cluster_listens_on_loopback_by_default(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "data: {path: d.zarr}\n"))
+    assert cfg.cluster.host == "127.0.0.1" and cfg.cluster.dashboard_address is None
+    cfg = load_config(write(tmp_path, "data: {path: d.zarr}\n"),
+                      ["cluster.host=0.0.0.0", "cluster.dashboard_address='0.0.0.0:8787'"])
+    assert cfg.cluster.host == "0.0.0.0" and cfg.cluster.dashboard_address == "0.0.0.0:8787"
+    msg = error_of(tmp_path, "data: {path: d.zarr}\n", ["cluster.dashboard_address=8787"])
+    assert msg.startswith("cluster.dashboard_address must be null or host:port")
