@@ -239,11 +239,13 @@ def _start_cluster(cfg: Config) -> Cluster:
             raise ConfigError(f"cannot connect to the Dask scheduler at cluster.address={c.address!r}: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         return Cluster(client)
-    # The scheduler always serves HTTP (health, metrics); ":0" takes a free
-    # port, where None would mean 8787 and a warning when that is taken.
+    # The scheduler always serves HTTP (health, metrics). Port 0 takes a free
+    # port, where None would mean 8787 and a warning when that is taken; the
+    # host is explicit because distributed binds ":0" to every interface.
     local = LocalCluster(
         n_workers=c.n_workers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
-        processes=True, dashboard_address=":0", scheduler_kwargs={"dashboard": c.dashboard},
+        processes=True, host=c.host, dashboard_address=c.dashboard_address or f"{_bracketed(c.host)}:0",
+        scheduler_kwargs={"dashboard": c.dashboard},
         # Task errors come back to this process and are reported once, as one
         # line; workers' own logs only add noise (`dem --debug` shows them).
         silence_logs=logging.WARNING if _DEBUG else logging.CRITICAL,
@@ -253,6 +255,33 @@ def _start_cluster(cfg: Config) -> Cluster:
     except BaseException:
         local.close()
         raise
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 address in brackets, so ``host:port`` stays parseable."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def dashboard_line(cluster: Cluster) -> str | None:
+    """``dashboard: <link>`` for the address the dashboard really listens on.
+
+    distributed's ``dashboard_link`` names the scheduler's host even when the
+    HTTP server is bound to every interface; then the line says so, since
+    anyone who can reach this machine can open it.
+    """
+    link = getattr(cluster.client, "dashboard_link", None)
+    server = getattr(getattr(cluster.local, "scheduler", None), "http_server", None)
+    if server is None:
+        return f"dashboard: {link}" if link else None
+    bound = sorted({sock.getsockname()[:2] for sock in getattr(server, "_sockets", {}).values()})
+    if not bound:
+        return f"dashboard: {link}" if link else None
+    everywhere = [port for host, port in bound if host in ("0.0.0.0", "::", "")]
+    if everywhere:
+        return (f"dashboard: http://127.0.0.1:{everywhere[0]}/status (listening on every interface, "
+                f"port {everywhere[0]}: reachable from the network; set cluster.dashboard_address to restrict it)")
+    host, port = bound[0]
+    return f"dashboard: http://{_bracketed(host)}:{port}/status"
 
 
 def _model_is_current(path: str, est: Any, storage_options: dict | None) -> bool:
@@ -284,11 +313,11 @@ def run_fit(cfg: Config) -> Any:
     cluster = _start_cluster(cfg)
     display = ProgressDisplay(out, tol=cfg.fit.tol)
     try:
-        link = cluster.client.dashboard_link if cfg.cluster.dashboard else None
+        line = dashboard_line(cluster) if cfg.cluster.dashboard else None
         if cfg.cluster.dashboard and cfg.cluster.address is None and importlib.util.find_spec("bokeh") is None:
             out.print("dashboard: not served (install bokeh to get one)")
-        elif link:
-            out.print(f"dashboard: {link}")
+        elif line:
+            out.print(line)
         display.dashboard_printed = True
         if must_generate:
             _generate_for_fit(cfg, cluster)
