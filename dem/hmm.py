@@ -611,6 +611,9 @@ def load_hmm(path: str, *, storage_options: dict | None = None) -> _BaseHMM:
     classes = {"gaussian_hmm": GaussianHMM, "categorical_hmm": CategoricalHMM, "gmm_hmm": GMMHMM}
     if ds.attrs.get("dem_format_version") != FORMAT_VERSION or kind not in classes:
         raise CheckpointError(f"{path!r} is not a dem HMM (model_kind {kind!r})")
+    from dem.io import verify_model
+
+    verify_model(ds, path, required=("startprob", "transmat"))  # refuses a damaged model in one line
     hyper = json.loads(ds.attrs["hyperparameters"])
     est = classes[kind](**hyper)
     est.startprob_ = ds["startprob"].values
