@@ -78,6 +78,28 @@ def hashable_options(storage_options: dict[str, Any] | None) -> tuple[tuple[str,
     return tuple(sorted((k, _frozen(v)) for k, v in (storage_options or {}).items()))
 
 
+def normalise_location(url: str | os.PathLike) -> str:
+    """One spelling per location, so the same data named differently has one fingerprint.
+
+    A local path becomes absolute and normal (``good.zarr``, ``./good.zarr``,
+    ``sub/../good.zarr/``, ``~/good.zarr`` and ``file://`` URLs of it are one
+    path); symbolic links are kept, so a link's target may change without the
+    path changing. A URL keeps its host and case (object-store keys are case
+    sensitive) but loses spelling that names nothing: the scheme's case,
+    repeated slashes, ``.`` segments and a trailing slash (``..`` is kept:
+    in an object store it is part of a key, not the parent).
+    """
+    text = os.fspath(url)
+    if "://" not in text:
+        return os.path.abspath(os.path.expanduser(text))
+    scheme, rest = text.split("://", 1)
+    if scheme.lower() == "file":
+        return os.path.abspath(rest) if rest.startswith("/") else os.path.abspath(os.path.expanduser(rest))
+    host, _, path = rest.partition("/")
+    segments = [p for p in path.split("/") if p not in ("", ".")]
+    return f"{scheme.lower()}://{host}" + "".join(f"/{p}" for p in segments)
+
+
 @dataclasses.dataclass(frozen=True)
 class ZarrRows:
     """Where a task finds its rows: a Zarr array at ``url``/``path``."""
@@ -310,6 +332,11 @@ def from_zarr(
     import zarr
 
     url = str(url)
+    # Local paths are read (and fingerprinted) by their absolute form; URLs are
+    # read as given, fingerprinted by their normal spelling.
+    location = normalise_location(url)
+    if "://" not in url:
+        url = location
     opts = hashable_options(storage_options)
     if "://" not in url and not os.path.exists(url):
         raise DataError(f"no Zarr data at {url!r}: the path does not exist")
@@ -355,7 +382,7 @@ def from_zarr(
             feature_names = None
     return PartitionedData(
         n, d, np.dtype(arr.dtype), bounds, x_refs, w_refs,
-        f"zarr {url}" + (f"/{path}" if path else ""), chunk_rows,
+        f"zarr {location}" + (f"/{path}" if path else ""), chunk_rows,
         feature_names=feature_names, zarr_source=source, weights_source=wsource,
     )
 

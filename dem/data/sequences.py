@@ -61,6 +61,7 @@ from dem.data.partitions import (
     PartitionedData,
     ZarrRows,
     auto_partition_bytes,
+    normalise_location,
     read_block,
 )
 from dem.errors import ConfigError, DataError
@@ -306,6 +307,9 @@ def from_zarr(url: str, *, symbols: bool = False, row_bytes: Any = None,
     import zarr
 
     url = os.fspath(url)
+    location = normalise_location(url)  # one fingerprint however the path is spelled
+    if "://" not in url:
+        url = location
     opts = tuple(sorted((storage_options or {}).items()))
     if "://" not in url and not os.path.exists(url):
         raise DataError(f"no Zarr data at {url!r}: the path does not exist")
@@ -324,7 +328,7 @@ def from_zarr(url: str, *, symbols: bool = False, row_bytes: Any = None,
     cuts = sequence_cuts(offsets, target)
     source = ZarrRows(url, variable, opts)
     return _partitioned([source] * (len(cuts) - 1), offsets, cuts, n_features, np.dtype(arr.dtype),
-                        f"zarr {url}/{variable}", int(arr.chunks[0]), symbols, target,
+                        f"zarr {location}/{variable}", int(arr.chunks[0]), symbols, target,
                         zarr_source=source)
 
 

@@ -264,3 +264,47 @@ def test_invalid_n_components(X, n):
 
 def test_negative_tol(X):
     _raises(ConfigError, r"tol must be a finite number >= 0; got -0.1", lambda: _fit(X, tol=-0.1))
+
+
+# -- issue 17 item 3: one location, one fingerprint ------------------------------
+
+@pytest.mark.parametrize("spelling, expected", [
+    ("good.zarr", "{cwd}/good.zarr"),
+    ("./good.zarr", "{cwd}/good.zarr"),
+    ("./sub/../good.zarr/", "{cwd}/good.zarr"),
+    ("{cwd}/good.zarr", "{cwd}/good.zarr"),
+    ("file://{cwd}/good.zarr", "{cwd}/good.zarr"),
+    ("s3://bucket/data/good.zarr", "s3://bucket/data/good.zarr"),
+    ("S3://bucket//data/./good.zarr/", "s3://bucket/data/good.zarr"),
+    ("gs://bucket/Data/../good.zarr", "gs://bucket/Data/../good.zarr"),  # '..' is part of an object key
+])
+def test_normalise_location(tmp_path, monkeypatch, spelling, expected):
+    from dem.data.partitions import normalise_location
+
+    monkeypatch.chdir(tmp_path)
+    cwd = str(tmp_path)
+    assert normalise_location(spelling.format(cwd=cwd)) == expected.format(cwd=cwd)
+
+
+def test_the_same_zarr_data_named_differently_has_one_fingerprint(store, monkeypatch):
+    monkeypatch.chdir(store)
+    spellings = ["group.zarr", "./group.zarr", str(store / "group.zarr"), f"{store}/./group.zarr/",
+                 f"file://{store}/group.zarr"]
+    prints = [as_partitioned(s).fingerprint() for s in spellings]
+    assert prints[0]["source"] == f"zarr {store}/group.zarr/X"
+    assert all(p == prints[0] for p in prints), prints
+
+
+def test_resuming_with_another_spelling_of_the_data_path(store, monkeypatch, tmp_path):
+    # The issue's reproduction: fit("good.zarr") then fit("./good.zarr") raised CheckpointError.
+    monkeypatch.chdir(store)
+    straight = _fit(str(store / "group.zarr"), max_iter=6)
+    run = str(tmp_path / "run")
+    first = _fit("group.zarr", max_iter=3, checkpoint_dir=run)
+    assert first.n_iter_ == 3
+    resumed = _fit("./group.zarr", max_iter=5, checkpoint_dir=run)
+    resumed = _fit(str(store / "group.zarr"), max_iter=6, checkpoint_dir=run)
+    # Resumed twice: at iteration 4 ("./group.zarr") and 6 (the absolute path).
+    assert [h["resumed"] for h in resumed.history_] == [False, False, False, True, False, True]
+    for name in FITTED:
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(straight, name), err_msg=name)
