@@ -263,3 +263,19 @@ def test_nan_in_data_names_the_row(tmp_path: Path) -> None:
     assert last.startswith("error: ") and "NaN" in last and "row 2345" in last, proc.stderr
     # Nothing to resume: the failed run leaves no run directory behind.
     assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_chunk_read_in_a_task_is_one_line(tmp_path: Path) -> None:
+    # issue 17 item 6: this used to be a 130-line traceback ending in "Zstd decompression error".
+    data = tmp_path / "damaged.zarr"
+    generate_dataset(data, 4_000, 2, 2, chunk_rows=1_000, seed=1)
+    # Chunk 1 (rows 1000-1999): not among the rows the fingerprint samples on the driver,
+    # so the first read of it is in a worker's task.
+    chunk = data / "X" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    write_config(tmp_path, data, model={"n_components": 2}, cluster={"n_workers": 1},
+                 fit={"partition_rows": 1_000})
+    proc = run_dem("fit", cwd=tmp_path)
+    line = assert_one_line_error(proc, 1, f"cannot read {chunk} (rows 1000–1999 of Zarr array {data}/X)",
+                                 "the chunk is damaged or truncated")
+    assert not (tmp_path / "run").exists(), line

@@ -109,7 +109,44 @@ class ZarrRows:
     storage_options: tuple[tuple[str, Any], ...] = ()
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        return _open_zarr_array(self.url, self.path, self.storage_options)[start:stop]
+        """Rows ``start:stop``; a chunk that cannot be decoded is a :class:`DataError` naming it."""
+        arr = _open_zarr_array(self.url, self.path, self.storage_options)
+        try:
+            return arr[start:stop]
+        except MemoryError:
+            raise
+        except Exception as exc:
+            # The codec's own error ("Zstd decompression error") names no file
+            # and no rows, and arrives on the driver through a task traceback.
+            raise self._unreadable(arr, start, stop, exc) from None
+
+    def _unreadable(self, arr: Any, start: int, stop: int, exc: Exception) -> DataError:
+        """The first chunk of rows ``start:stop`` that fails on its own, as one line."""
+        where = f"{self.url.rstrip('/')}/{self.path}".rstrip("/")
+        chunk_rows, chunk_cols = int(arr.chunks[0]), int(arr.chunks[1]) if arr.ndim > 1 else 1
+        for i in range(start // chunk_rows, (max(start, stop - 1)) // chunk_rows + 1):
+            a, b = i * chunk_rows, min((i + 1) * chunk_rows, arr.shape[0])
+            for j in range(max(1, -(-arr.shape[1] // chunk_cols)) if arr.ndim > 1 else 1):
+                index = (slice(a, b), slice(j * chunk_cols, (j + 1) * chunk_cols))[: arr.ndim]
+                try:
+                    arr[index]
+                except MemoryError:
+                    raise
+                except Exception as chunk_exc:
+                    coords = (i, j)[: arr.ndim]
+                    try:
+                        key = arr.metadata.encode_chunk_key(coords)
+                    except Exception:  # another zarr version: name the chunk by its grid position
+                        key = "chunk " + ".".join(map(str, coords))
+                    return DataError(f"cannot read {where}/{key} (rows {a}–{b - 1} of Zarr array {where}): "
+                                     f"{_first_line(chunk_exc)}; the chunk is damaged or truncated: "
+                                     "restore or rewrite the data")
+        return DataError(f"cannot read rows {start}–{stop - 1} of Zarr array {where}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 @functools.lru_cache(maxsize=32)

@@ -308,3 +308,21 @@ def test_resuming_with_another_spelling_of_the_data_path(store, monkeypatch, tmp
     assert [h["resumed"] for h in resumed.history_] == [False, False, False, True, False, True]
     for name in FITTED:
         np.testing.assert_array_equal(getattr(resumed, name), getattr(straight, name), err_msg=name)
+
+
+# -- issue 17 item 6: a damaged chunk is named with its rows ----------------------
+
+def test_a_truncated_chunk_is_one_line_naming_the_array_chunk_and_rows(tmp_path):
+    X = np.arange(3000.0).reshape(1000, 3)
+    group = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
+    group.create_array("X", data=X, chunks=(200, 3))
+    chunk = tmp_path / "d.zarr" / "X" / "c" / "2" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:7])
+    data = as_partitioned(str(tmp_path / "d.zarr"), partition_rows=600)
+    np.testing.assert_array_equal(data.x_refs[0].read(0, 400), X[:400])  # the chunks before it still read
+    with pytest.raises(DataError) as info:
+        data.x_refs[0].read(0, 600)
+    message = str(info.value)
+    assert message.startswith(f"cannot read {chunk} (rows 400–599 of Zarr array {tmp_path}/d.zarr/X): ")
+    assert message.endswith("; the chunk is damaged or truncated: restore or rewrite the data")
+    assert "\n" not in message
