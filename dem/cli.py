@@ -29,6 +29,7 @@ from dem.config import Config, config_from_dict, load_config, parse_override, re
 from dem.core.checkpoint import CHECKPOINTS as CHECKPOINTS_NAME
 from dem.core.checkpoint import POINTER as POINTER_NAME
 from dem.core.checkpoint import RUN_FILE as RUN_NAME
+from dem.data.partitions import normalise_location
 from dem.errors import CheckpointError, ConfigError, DataError, DemError
 from dem.io import MODEL_DIRNAME as MODEL_NAME
 from dem.progress import ProgressDisplay
@@ -45,7 +46,9 @@ RESUMABLE_KEYS = ("fit.max_iter", "fit.tol", "data.storage_options")
 #: Keys of data/model/fit that may differ between a run directory's config and
 #: a new one without making it another run: how long to iterate, and whether
 #: partitions are cached (results do not depend on it, nor on the cluster).
-_IGNORED_FOR_IDENTITY = {"fit.max_iter", "fit.tol", "fit.cache", "data.storage_options"}
+_IGNORED_FOR_IDENTITY = {"fit.max_iter", "fit.tol", "fit.cache", "data.storage_options", "data.generate.path"}
+#: Written into the run directory when `dem fit` generated the data it fitted.
+GENERATED_NAME = "data_generated.json"
 
 # markup off: paths, keys and notes may hold [brackets] that rich would eat.
 out = Console(soft_wrap=True, highlight=False, markup=False)
@@ -175,7 +178,7 @@ def _check_run_dir(cfg: Config, state: RunDirState) -> None:
 
 def _clear_run_dir(run_dir: str, storage_options: dict | None) -> None:
     """Remove what dem wrote in ``run_dir`` (and nothing else)."""
-    for name in (MODEL_NAME, HISTORY_NAME, CHECKPOINTS_NAME, RUN_NAME, CONFIG_NAME):
+    for name in (MODEL_NAME, HISTORY_NAME, CHECKPOINTS_NAME, RUN_NAME, CONFIG_NAME, GENERATED_NAME):
         path = _join(run_dir, name)
         if _exists(path, storage_options):
             fs, p = _fs(path, storage_options)
@@ -192,9 +195,15 @@ def _preflight_data(cfg: Config) -> bool:
     except Exception as exc:  # fsspec raises many types for bad URLs/credentials
         raise DataError(f"cannot reach data.path {path!r}: {exc}") from None
     if not exists:
-        if cfg.data.generate is not None:
-            return True
-        raise DataError(f"data.path {path!r} does not exist (set data.generate to create a synthetic dataset there)")
+        gen = cfg.data.generate
+        if gen is None:
+            raise DataError(f"data.path {path!r} does not exist (set data.generate to create a synthetic dataset "
+                            "there)")
+        if gen.path is not None and normalise_location(gen.path) != normalise_location(path):
+            # A typo in data.path must not quietly become a new synthetic dataset.
+            raise DataError(f"data.path {path!r} does not exist, and data.generate only creates data at "
+                            f"data.generate.path {gen.path!r}: check data.path for a typo")
+        return True
     if cfg.model.kind != "gmm":
         return False  # sequence data (X + offsets) is checked when the HMM opens it, before any write
     from dem.data.partitions import as_partitioned
@@ -319,13 +328,14 @@ def run_fit(cfg: Config) -> Any:
         elif line:
             out.print(line)
         display.dashboard_printed = True
-        if must_generate:
-            _generate_for_fit(cfg, cluster)
+        generated = _generate_for_fit(cfg, cluster) if must_generate else None
         if cfg.output.overwrite and state.is_run:
             out.print(f"output.overwrite: clearing the previous run in {run_dir}")
             _clear_run_dir(run_dir, opts)
         _makedirs(run_dir, opts)
         _write_text(_join(run_dir, CONFIG_NAME), cfg.to_yaml(redact_secrets=True), opts)
+        if generated is not None:
+            _write_text(_join(run_dir, GENERATED_NAME), json.dumps(generated, indent=1), opts)
         global _CURRENT_RUN
         _CURRENT_RUN = run_dir
         est = cfg.make_estimator(client=cluster.client)  # model.kind: a mixture or an HMM
@@ -409,11 +419,16 @@ def _remove_tree(path: str, storage_options: dict | None) -> None:
         pass
 
 
-def _generate_for_fit(cfg: Config, cluster: Cluster) -> None:
+def _generate_for_fit(cfg: Config, cluster: Cluster) -> dict:
+    """Write ``data.generate``'s dataset at ``data.path``; returns what to record in the run directory."""
     from dem.data.generate import generate_dataset
 
     g = cfg.data.generate
     assert g is not None and cfg.data.path is not None
+    if g.path is None:
+        # Said on stderr too: with no data.generate.path, any missing data.path gets synthetic data.
+        err.print(f"warning: data.path {cfg.data.path} does not exist: generating SYNTHETIC data there "
+                  "(data.generate; set data.generate.path to refuse a mistyped data.path instead)")
     out.print(f"generating {cfg.data.path}: {g.n_samples:,} rows × {g.n_features} features, "
               f"{g.n_components} components, {g.dtype}, seed {g.seed} (data.generate; data.path did not exist)")
     # Embedded workers share this filesystem; a remote cluster may not, so
@@ -426,6 +441,8 @@ def _generate_for_fit(cfg: Config, cluster: Cluster) -> None:
     )
     out.print(f"wrote {summary['nbytes'] / 2**20:,.0f} MiB in {summary['n_chunks']} chunks "
               f"in {summary['seconds']:.1f} s")
+    return {"path": cfg.data.path, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "settings": dataclasses.asdict(g), "nbytes": int(summary["nbytes"])}
 
 
 # -- commands ------------------------------------------------------------------
@@ -656,6 +673,18 @@ def _model_summary(run_dir: str) -> dict | None:
             "lower_bound": attrs.get("lower_bound"), "means_shape": shape}
 
 
+def _generated_record(run_dir: str) -> dict | None:
+    """What ``data_generated.json`` says, when `dem fit` generated this run's data."""
+    path = _join(run_dir, GENERATED_NAME)
+    try:
+        if not _exists(path):
+            return None
+        record = _read_json(path)
+    except (OSError, ValueError):
+        return {"path": "?", "generated_at": "? (data_generated.json is unreadable)"}
+    return record if isinstance(record, dict) else None
+
+
 def _spans(iterations: list[int]) -> str:
     """``1–5, 8, 10–12`` from sorted integers."""
     out, start, prev = [], None, None
@@ -784,6 +813,12 @@ def info(run_dir: str) -> None:
                   f"init {f.get('init_params')}, random_state {f.get('random_state')}")
         where = c.get("address") or f"local cluster {c.get('n_workers')}×{c.get('threads_per_worker')} threads"
         out.print(f"cluster: {where}")
+    generated = _generated_record(run_dir)
+    if generated is not None:
+        gs = generated.get("settings") or {}
+        out.print(f"data generated by this run: SYNTHETIC data written to {generated.get('path')} at "
+                  f"{generated.get('generated_at')} (data.generate: {gs.get('n_samples')} rows, "
+                  f"{gs.get('n_components')} components, seed {gs.get('seed')})")
     if model is not None and model.get("n_iter") is not None:
         status = "converged" if model.get("converged") else "did not converge"
         out.print(f"result: {status} after {model['n_iter']} iterations; final mean log-likelihood "

@@ -249,6 +249,9 @@ def _field(default: Any, check: Check, doc: str = "") -> Any:
 class GenerateConfig:
     """``data.generate``: make a synthetic dataset at ``data.path`` when it is missing."""
 
+    path: str | None = _field(None, _str(optional=True),
+                              "the only data.path to generate into; another missing data.path is an error "
+                              "(null: any, with a warning)")
     n_samples: int = _field(None, _int(1), "rows")
     n_features: int = _field(None, _int(1), "columns")
     n_components: int = _field(None, _int(1), "true mixture components")
@@ -713,6 +716,8 @@ def _resolve(path: str) -> str:
 def _resolve_paths(cfg: Config) -> None:
     if cfg.data.path is not None:
         cfg.data.path = _resolve(cfg.data.path)
+    if cfg.data.generate is not None and cfg.data.generate.path is not None:
+        cfg.data.generate.path = _resolve(cfg.data.generate.path)
     cfg.output.run_dir = _resolve(cfg.output.run_dir)
     sec = cfg.cluster.security
     if sec is not None:
