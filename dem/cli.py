@@ -10,7 +10,9 @@ behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import importlib.util
 import json
 import math
@@ -32,6 +34,7 @@ from dem.core.checkpoint import RUN_FILE as RUN_NAME
 from dem.data.partitions import normalise_location
 from dem.errors import CheckpointError, ConfigError, DataError, DemError
 from dem.io import MODEL_DIRNAME as MODEL_NAME
+from dem.io import collect_stale_temporaries
 from dem.progress import ProgressDisplay
 from dem.progress import format_delta as _fmt_delta
 
@@ -75,9 +78,14 @@ def _write_text(path: str, text: str, storage_options: dict | None = None) -> No
             fh.write(text)
         return
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # a full disk must not leave half a file behind
+        raise
 
 
 def _exists(path: str, storage_options: dict | None = None) -> bool:
@@ -183,6 +191,35 @@ def _clear_run_dir(run_dir: str, storage_options: dict | None) -> None:
         if _exists(path, storage_options):
             fs, p = _fs(path, storage_options)
             fs.rm(p, recursive=True)
+
+
+def _check_run_dir_writable(run_dir: str) -> None:
+    """Refuse a run directory that is a file or cannot be written, before anything starts.
+
+    The directory (or, when it does not exist yet, the nearest existing
+    directory above it, where it would be created) gets a probe file that is
+    removed at once. Object stores are left to the first write.
+    """
+    if "://" in run_dir:
+        return
+    where = run_dir
+    while not os.path.exists(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    if not os.path.isdir(where):
+        if where == run_dir:
+            raise CheckpointError(f"output.run_dir {run_dir!r} is a file, not a directory: "
+                                  "choose another output.run_dir")
+        raise CheckpointError(f"cannot create output.run_dir {run_dir!r}: {where!r} is a file, not a directory")
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dem-write-test-", dir=where)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        created = "" if where == run_dir else f" (it would be created in {where!r})"
+        raise CheckpointError(f"cannot write to output.run_dir {run_dir!r}{created}: "
+                              f"{exc.strerror or exc}; make it writable or choose another output.run_dir") from None
 
 
 def _preflight_data(cfg: Config) -> bool:
@@ -312,6 +349,7 @@ def run_fit(cfg: Config) -> Any:
     run_dir = cfg.output.run_dir
     opts = cfg.data.storage_options or None
     # 1. Validate everything before writing anything.
+    _check_run_dir_writable(run_dir)
     state = _run_dir_state(run_dir, opts)
     _check_run_dir(cfg, state)
     must_generate = _preflight_data(cfg)
@@ -333,6 +371,7 @@ def run_fit(cfg: Config) -> Any:
             out.print(f"output.overwrite: clearing the previous run in {run_dir}")
             _clear_run_dir(run_dir, opts)
         _makedirs(run_dir, opts)
+        collect_stale_temporaries(run_dir)  # left by a killed or failed earlier run
         _write_text(_join(run_dir, CONFIG_NAME), cfg.to_yaml(redact_secrets=True), opts)
         if generated is not None:
             _write_text(_join(run_dir, GENERATED_NAME), json.dumps(generated, indent=1), opts)
@@ -901,7 +940,31 @@ def _run(argv: list[str] | None) -> int:
         return _fail(str(exc), 1)
     except click.exceptions.ClickException as exc:
         return _fail(exc.format_message(), exc.exit_code or 1)
+    except OSError as exc:
+        # A full disk or a directory made read-only mid-fit: one line, not the
+        # 30-90 lines of zarr's and fsspec's frames. The checkpoints written
+        # before it are intact (each is renamed into place whole).
+        if _DEBUG:
+            raise
+        return _fail(_os_error_line(exc), 1)
     return rc if isinstance(rc, int) else 0
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for a filesystem error: what, where, and how to go on."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    run = _CURRENT_RUN
+    # zarr's and fsspec's writes often raise without a filename: then name the run directory.
+    where = exc.filename or run
+    then = "run the same command again"
+    if run is not None and _exists(_join(run, CHECKPOINTS_NAME)):
+        then = f"continue with `dem resume {run}`"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = "no space left on the device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        return f"{full} writing {where}: free some space, then {then}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {where}: {what}; make it writable, then {then}"
+    return f"{what}" + (f": {exc.filename}" if exc.filename else "")
 
 
 def _fail(message: str, code: int) -> int:

@@ -601,9 +601,14 @@ def _write_bytes(path: str, data: bytes, storage_options: dict | None) -> None:
         fs.pipe_file(p, data)
         return
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # a full disk must not leave half a picture behind
+        raise
 
 
 def write_run_pictures(estimator: Any, run_dir: str, data: Any = None, *, variable: str | None = None,
