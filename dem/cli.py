@@ -44,6 +44,8 @@ HISTORY_NAME = "history.json"
 _DEBUG = False
 #: The run directory being fitted, for the message after Ctrl-C.
 _CURRENT_RUN: str | None = None
+#: The scheduler address of the fit (None: embedded), for the message when it is lost.
+_CURRENT_ADDRESS: str | None = None
 #: Keys ``dem resume`` may change: they extend a run without changing its path.
 RESUMABLE_KEYS = ("fit.max_iter", "fit.tol", "data.storage_options")
 #: Keys of data/model/fit that may differ between a run directory's config and
@@ -271,6 +273,8 @@ def _start_cluster(cfg: Config) -> Cluster:
 
     from distributed import Client, LocalCluster
 
+    if not _DEBUG and _SAVED_LEVELS:  # running under main(): importing distributed reset its levels
+        _quiet_logs()
     c = cfg.cluster
     if c.address is not None:
         security = None
@@ -375,8 +379,8 @@ def run_fit(cfg: Config) -> Any:
         _write_text(_join(run_dir, CONFIG_NAME), cfg.to_yaml(redact_secrets=True), opts)
         if generated is not None:
             _write_text(_join(run_dir, GENERATED_NAME), json.dumps(generated, indent=1), opts)
-        global _CURRENT_RUN
-        _CURRENT_RUN = run_dir
+        global _CURRENT_RUN, _CURRENT_ADDRESS
+        _CURRENT_RUN, _CURRENT_ADDRESS = run_dir, cfg.cluster.address
         est = cfg.make_estimator(client=cluster.client)  # model.kind: a mixture or an HMM
         t0 = time.perf_counter()
         try:
@@ -906,20 +910,36 @@ def main(argv: list[str] | None = None) -> None:
 
     previous = warnings.showwarning
     warnings.showwarning = _show_warning  # one line per warning, no source line
-    loggers = {name: logging.getLogger(name) for name in ("distributed", "asyncio")}
-    levels = {name: lg.level for name, lg in loggers.items()}
     if "--debug" not in (argv if argv is not None else sys.argv[1:]):
-        # Client-side chatter (and asyncio's "exception never retrieved" after
-        # Ctrl-C) would bury the one line that matters.
-        loggers["distributed"].setLevel(logging.ERROR)
-        loggers["asyncio"].setLevel(logging.CRITICAL)
+        _quiet_logs()
     try:
         code = _run(argv)
     finally:
         warnings.showwarning = previous
-        for name, lg in loggers.items():
-            lg.setLevel(levels[name])
+        for name, level in _SAVED_LEVELS.items():
+            logging.getLogger(name).setLevel(level)
+        _SAVED_LEVELS.clear()
     sys.exit(code)
+
+
+#: Logger levels `dem` changed, restored when :func:`main` returns (it also runs in-process in tests).
+_SAVED_LEVELS: dict[str, int] = {}
+
+
+def _quiet_logs() -> None:
+    """Only CRITICAL from distributed and asyncio: their errors reach dem as exceptions, reported once.
+
+    Client-side chatter (and asyncio's "exception never retrieved" after
+    Ctrl-C) would bury the one line that matters. distributed.client has a
+    level of its own, which importing distributed sets, so this runs again
+    once distributed is imported.
+    """
+    import logging
+
+    for name in ("distributed", "distributed.client", "asyncio"):
+        logger = logging.getLogger(name)
+        _SAVED_LEVELS.setdefault(name, logger.level)
+        logger.setLevel(logging.CRITICAL)
 
 
 def _run(argv: list[str] | None) -> int:
@@ -940,14 +960,51 @@ def _run(argv: list[str] | None) -> int:
         return _fail(str(exc), 1)
     except click.exceptions.ClickException as exc:
         return _fail(exc.format_message(), exc.exit_code or 1)
-    except OSError as exc:
-        # A full disk or a directory made read-only mid-fit: one line, not the
-        # 30-90 lines of zarr's and fsspec's frames. The checkpoints written
-        # before it are intact (each is renamed into place whole).
-        if _DEBUG:
+    except Exception as exc:
+        line = _failure_line(exc)
+        if line is None or _DEBUG:
             raise
-        return _fail(_os_error_line(exc), 1)
+        return _fail(line, 1)
     return rc if isinstance(rc, int) else 0
+
+
+def _failure_line(exc: Exception) -> str | None:
+    """One line for failures of the environment rather than of the input; None: not one of them.
+
+    The scheduler going away and a full or read-only disk mid-fit otherwise
+    end in 30-100 lines of distributed's, zarr's and fsspec's frames; the
+    checkpoints written before either are intact (each is renamed into
+    place whole), so the line says how to continue.
+    """
+    if _scheduler_lost(exc):
+        return _scheduler_lost_line()
+    if isinstance(exc, OSError):
+        return _os_error_line(exc)
+    return None
+
+
+def _scheduler_lost(exc: BaseException) -> bool:
+    try:
+        from distributed.client import FutureCancelledError
+        from distributed.comm.core import CommClosedError
+    except ImportError:
+        return False
+    # dem never cancels its own futures: a cancelled one means the scheduler
+    # went away (distributed gives the reason as "scheduler-connection-lost"
+    # or, depending on timing, "unknown").
+    return isinstance(exc, (FutureCancelledError, CommClosedError))
+
+
+def _scheduler_lost_line() -> str:
+    address = _CURRENT_ADDRESS
+    run = _CURRENT_RUN
+    where = f"the Dask scheduler at {address}" if address else "the embedded Dask scheduler"
+    if run is None or not _exists(_join(run, CHECKPOINTS_NAME)):
+        return f"lost the connection to {where} before the first checkpoint; run the same command again"
+    if address:
+        return (f"lost the connection to {where}; once a scheduler is up, continue with "
+                f"`dem resume {run} --set cluster.address={address}` (or the new scheduler's address)")
+    return f"lost the connection to {where}; continue with `dem resume {run}`"
 
 
 def _os_error_line(exc: OSError) -> str:

@@ -62,3 +62,62 @@ def test_dashboard_on_every_interface_only_when_asked_and_said_so() -> None:
     assert line.startswith(f"dashboard: http://127.0.0.1:{everywhere[0]}/status (listening on every interface")
     # Only the dashboard was opened up; the scheduler and workers stay on loopback.
     assert {ip for _, ip, port in opened if port != everywhere[0]} == {"127.0.0.1"}
+
+
+# -- losing the scheduler (issue 17, item 8) -------------------------------------------
+
+def _cluster_procs():
+    import sys
+    from pathlib import Path
+
+    here = str(Path(__file__).parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import cluster_procs
+
+    return cluster_procs
+
+
+@pytest.mark.slow
+def test_losing_the_scheduler_mid_fit_is_one_line_with_the_resume_command(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from dem.data.generate import generate_dataset
+
+    procs = _cluster_procs()
+    generate_dataset(tmp_path / "mix.zarr", 4_000, 2, 2, chunk_rows=1_000, seed=1)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
+        "data": {"path": str(tmp_path / "mix.zarr")}, "model": {"n_components": 2},
+        "fit": {"max_iter": 40, "tol": 0.0, "random_state": 0, "partition_rows": 1_000},
+        "output": {"run_dir": "run"}}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    run = tmp_path / "run"
+    with procs.real_cluster(tmp_path / "first", n_workers=1) as cluster:
+        fit = subprocess.Popen([sys.executable, "-m", "dem.cli", "fit", "--set", f"cluster.address={cluster.address}"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            for line in fit.stdout:
+                if line.startswith("iteration    2"):
+                    break
+            procs.stop(cluster.scheduler)  # the scheduler goes away mid-fit
+            _, stderr = fit.communicate(timeout=120)
+        finally:
+            fit.kill()
+        address = cluster.address
+    assert fit.returncode == 1
+    # This used to be a 93-line FutureCancelledError traceback ("scheduler-connection-lost").
+    assert stderr.splitlines() == [
+        f"error: lost the connection to the Dask scheduler at {address}; once a scheduler is up, continue with "
+        f"`dem resume {run} --set cluster.address={address}` (or the new scheduler's address)"], stderr
+    # The advice works: the same command against a new scheduler finishes the fit.
+    with procs.real_cluster(tmp_path / "second", n_workers=1) as cluster:
+        resumed = subprocess.run([sys.executable, "-m", "dem.cli", "resume", str(run), "--set",
+                                  f"cluster.address={cluster.address}"], cwd=tmp_path, capture_output=True,
+                                 text=True, env=env, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    history = yaml.safe_load((run / "history.json").read_text())
+    assert len(history) == 40 and sum(bool(h["resumed"]) for h in history) == 1
