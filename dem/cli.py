@@ -292,19 +292,67 @@ def _start_cluster(cfg: Config) -> Cluster:
     # The scheduler always serves HTTP (health, metrics). Port 0 takes a free
     # port, where None would mean 8787 and a warning when that is taken; the
     # host is explicit because distributed binds ":0" to every interface.
-    local = LocalCluster(
-        n_workers=c.n_workers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
-        processes=True, host=c.host, dashboard_address=c.dashboard_address or f"{_bracketed(c.host)}:0",
-        scheduler_kwargs={"dashboard": c.dashboard},
-        # Task errors come back to this process and are reported once, as one
-        # line; workers' own logs only add noise (`dem --debug` shows them).
-        silence_logs=logging.WARNING if _DEBUG else logging.CRITICAL,
-    )
+    with _workers_ignore_sigint():
+        local = LocalCluster(
+            n_workers=c.n_workers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
+            processes=True, host=c.host, dashboard_address=c.dashboard_address or f"{_bracketed(c.host)}:0",
+            scheduler_kwargs={"dashboard": c.dashboard},
+            # Task errors come back to this process and are reported once, as one
+            # line; workers' own logs only add noise (`dem --debug` shows them).
+            silence_logs=logging.WARNING if _DEBUG else logging.CRITICAL,
+        )
     try:
-        return Cluster(Client(local), local)
+        client = Client(local)
+        # Workers the nanny restarts later are spawned with this process's
+        # own SIGINT handler in place; the plugin makes them ignore it too.
+        client.register_plugin(_ignore_sigint_plugin(), name="dem-ignore-sigint")
+        return Cluster(client, local)
     except BaseException:
         local.close()
         raise
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint() -> Any:
+    """Start worker processes with SIGINT ignored (an ignored signal survives exec; a handler does not).
+
+    Ctrl-C in a terminal goes to the whole process group: without this, each
+    embedded worker prints a KeyboardInterrupt traceback (60+ lines for two)
+    before dem's one line, although this process stops them anyway. A Ctrl-C
+    during the few seconds of start-up is ignored.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ignore_sigint_plugin() -> Any:
+    """A distributed worker plugin: the worker process ignores SIGINT (its nanny's process stops it).
+
+    Defined here, not at module level, so that the CLI imports distributed
+    only when it starts a cluster (the class then travels by value).
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class IgnoreSigint(WorkerPlugin):
+        idempotent = True
+
+        def setup(self, worker: Any) -> None:
+            import signal
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreSigint()
 
 
 def _bracketed(host: str) -> str:

@@ -121,3 +121,64 @@ def test_losing_the_scheduler_mid_fit_is_one_line_with_the_resume_command(tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     history = yaml.safe_load((run / "history.json").read_text())
     assert len(history) == 40 and sum(bool(h["resumed"]) for h in history) == 1
+
+
+# -- Ctrl-C (issue 17, item 9) ---------------------------------------------------------------
+
+def _ignores_sigint(pid: int) -> bool:
+    """From the kernel: whether process ``pid`` has SIGINT's disposition set to ignore."""
+    import signal
+
+    with open(f"/proc/{pid}/status") as fh:
+        mask = next(int(line.split()[1], 16) for line in fh if line.startswith("SigIgn:"))
+    return bool(mask & (1 << (signal.SIGINT - 1)))
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads /proc")
+def test_embedded_workers_ignore_sigint_also_after_a_restart() -> None:
+    import os
+
+    cluster = _embedded("cluster.n_workers=2")
+    try:
+        pids = sorted(cluster.client.run(os.getpid).values())
+        assert len(pids) == 2 and all(_ignores_sigint(p) for p in pids)
+        assert not _ignores_sigint(os.getpid())  # this process still gets its KeyboardInterrupt
+        cluster.client.restart()  # the nanny spawns new worker processes
+        new = sorted(cluster.client.run(os.getpid).values())
+        assert set(new).isdisjoint(pids) and all(_ignores_sigint(p) for p in new)
+    finally:
+        cluster.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_and_no_worker_tracebacks(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from dem.data.generate import generate_dataset
+
+    generate_dataset(tmp_path / "mix.zarr", 4_000, 2, 2, chunk_rows=1_000, seed=1)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
+        "data": {"path": str(tmp_path / "mix.zarr")}, "model": {"n_components": 2},
+        "fit": {"max_iter": 100_000, "tol": 0.0, "random_state": 0, "partition_rows": 1_000},
+        "cluster": {"n_workers": 2, "memory_limit": "1GiB", "dashboard": False}, "output": {"run_dir": "run"}}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    # Its own session, like a shell job: SIGINT to the group reaches dem and every worker process.
+    fit = subprocess.Popen([sys.executable, "-m", "dem.cli", "fit"], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        for line in fit.stdout:
+            if line.startswith("iteration    3"):
+                break
+        os.killpg(fit.pid, signal.SIGINT)
+        _, stderr = fit.communicate(timeout=120)
+    finally:
+        fit.kill()
+    assert fit.returncode == 130
+    # This used to be 66 lines of worker KeyboardInterrupt/CancelledError tracebacks first.
+    assert [line for line in stderr.splitlines() if line.strip()] == [
+        f"error: interrupted; continue with `dem resume {tmp_path / 'run'}`"], stderr
