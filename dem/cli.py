@@ -37,6 +37,7 @@ from dem.io import MODEL_DIRNAME as MODEL_NAME
 from dem.io import collect_stale_temporaries
 from dem.progress import ProgressDisplay
 from dem.progress import format_delta as _fmt_delta
+from dem.progress import plural
 
 CONFIG_NAME = "config.yaml"
 HISTORY_NAME = "history.json"
@@ -410,7 +411,8 @@ def run_fit(cfg: Config) -> Any:
 
     created = _first_missing(run_dir, opts)
     cluster = _start_cluster(cfg)
-    display = ProgressDisplay(out, tol=cfg.fit.tol)
+    # HMMs stop on hmmlearn's rule, the gain of the total log-likelihood; the display says so.
+    display = ProgressDisplay(out, tol=cfg.fit.tol, tol_on_total=cfg.model.kind != "gmm")
     try:
         line = dashboard_line(cluster) if cfg.cluster.dashboard else None
         if cfg.cluster.dashboard and cfg.cluster.address is None and importlib.util.find_spec("bokeh") is None:
@@ -455,9 +457,9 @@ def run_fit(cfg: Config) -> Any:
     converged = est.converged_ if hasattr(est, "converged_") else est.monitor_.converged
     last = est.history_[-1]["mean_log_likelihood"] if est.history_ else float("nan")
     status = "converged" if converged else "did not converge"
-    out.print(f"{status} after {est.n_iter_} iterations in {seconds:.1f} s; "
+    out.print(f"{status} after {plural(int(est.n_iter_), 'iteration')} in {seconds:.1f} s; "
               f"mean log-likelihood {getattr(est, 'lower_bound_', last):.6f}")
-    pictures = _write_pictures(cfg, est, display) if cfg.model.kind == "gmm" else []
+    pictures = _write_pictures(cfg, est, display)  # HMMs: convergence.png only
     if pictures:
         out.print(f"pictures: {', '.join(pictures)}")
     out.print(f"run: {run_dir}  (model: {model_path}; `dem info {run_dir}` for details)")
@@ -900,7 +902,8 @@ def info(run_dir: str) -> None:
                   + (f", weights {d.get('weights')!r}" if d.get("weights") else "") + size)
         out.print(f"model: {m.get('kind', 'gmm')}, {m.get('n_components')} components, "
                   f"{m.get('covariance_type')} covariance, reg_covar {m.get('reg_covar')}")
-        out.print(f"fit: max_iter {f.get('max_iter')}, tol {f.get('tol')}, n_init {f.get('n_init')}, "
+        on_total = " (on the total log-likelihood, hmmlearn's rule)" if str(m.get("kind", "")).endswith("_hmm") else ""
+        out.print(f"fit: max_iter {f.get('max_iter')}, tol {f.get('tol')}{on_total}, n_init {f.get('n_init')}, "
                   f"init {f.get('init_params')}, random_state {f.get('random_state')}")
         where = c.get("address") or f"local cluster {c.get('n_workers')}×{c.get('threads_per_worker')} threads"
         out.print(f"cluster: {where}")
@@ -912,12 +915,14 @@ def info(run_dir: str) -> None:
                   f"{gs.get('n_components')} components, seed {gs.get('seed')})")
     if model is not None and model.get("n_iter") is not None:
         status = "converged" if model.get("converged") else "did not converge"
-        out.print(f"result: {status} after {model['n_iter']} iterations; final mean log-likelihood "
+        out.print(f"result: {status} after {plural(int(model['n_iter']), 'iteration')}; final mean log-likelihood "
                   f"(lower bound) {model['lower_bound']:.6f}")
     elif history:
         tol = ((cfg or {}).get("fit") or {}).get("tol")
         last = history[-1]
         delta = last.get("delta")
+        if tol is not None and str(((cfg or {}).get("model") or {}).get("kind", "gmm")).endswith("_hmm"):
+            tol = float(tol) / max(1, int(last.get("n_rows") or 1))  # hmmlearn's rule: tol on the total
         done = tol is not None and delta is not None and abs(delta) < float(tol)
         ll = last.get("mean_log_likelihood")
         out.print(f"result: {'converged' if done else 'in progress or interrupted'} at iteration "
@@ -1005,7 +1010,8 @@ def _run(argv: list[str] | None) -> int:
     except (DemError, FileNotFoundError) as exc:
         if _DEBUG:
             raise
-        return _fail(str(exc), 1)
+        # Some errors name a Python argument (overwrite=True); the CLI's flag differs.
+        return _fail(getattr(exc, "cli_message", None) or str(exc), 1)
     except click.exceptions.ClickException as exc:
         return _fail(exc.format_message(), exc.exit_code or 1)
     except Exception as exc:

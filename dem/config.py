@@ -295,7 +295,8 @@ class FitConfig:
     """``fit``: the EM iterations."""
 
     max_iter: int = _field(100, _int(1), "iterations at most")
-    tol: float = _field(1e-3, _float(0.0), "stop when |Δ mean log-likelihood| < tol")
+    tol: float = _field(1e-3, _float(0.0), "stop when |Δ mean log-likelihood| < tol (HMM kinds: when the total "
+                        "log-likelihood gains less than tol, hmmlearn's rule)")
     n_init: int = _field(1, _int(1), "initialisations; the best is kept")
     init_params: str = _field("k-means||", _choice(INIT_METHODS), "how initial centres are placed")
     random_state: int | None = _field(0, _int(0, optional=True), "seed (null: a fresh one)")

@@ -44,7 +44,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dem.core.executor import Executor
 from dem.data.partitions import as_partitioned
-from dem.errors import ConfigError, DataError
+from dem.errors import ConfigError, DataError, OutputExistsError, plain_repr
 from dem.models.gmm import GMMParams
 from dem.models.gmm_missing import MissingDataGaussianMixtureModel
 
@@ -125,7 +125,7 @@ def impute(
     from dem.estimators import _seed_from
 
     if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 0:
-        raise ConfigError(f"n_draws must be an integer >= 0; got {n_draws!r}")
+        raise ConfigError(f"n_draws must be an integer >= 0; got {plain_repr(n_draws)}")
     n_draws = int(n_draws)
     model, params = _model_and_params(estimator)
     D = params.n_features
@@ -216,7 +216,7 @@ def _open_group(url: str, storage_options: Any, mode: str) -> Any:
 def _create_output(url: str, storage_options: dict | None, overwrite: bool, n: int, D: int,
                    chunk_rows: int, dtype: np.dtype, n_draws: int, attrs: dict) -> None:
     if "://" not in url and os.path.exists(url) and not overwrite:
-        raise ConfigError(f"{url!r} already exists; choose another out or pass overwrite=True")
+        raise OutputExistsError(url)
     try:
         group = _open_group(url, storage_options, "w" if overwrite else "w-")
     except Exception as exc:  # zarr raises several types for "exists" / "cannot write"
