@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -60,3 +64,34 @@ def local_cluster_client():
     finally:
         client.close()
         cluster.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_system_temp(tmp_path_factory: pytest.TempPathFactory):
+    """The system temporary directory of this session: a fresh one, removed at the end.
+
+    Things the tests start write there without a path of their own: the
+    notebooks' ``tempfile.mkdtemp()`` work folders, Dask's
+    ``dask-scratch-space`` (LocalCluster workers in this process and in every
+    `dem` subprocess), worker log folders. TMPDIR reaches subprocesses and
+    notebook kernels; ``tempfile.tempdir`` and Dask's ``temporary-directory``
+    this process. pytest's own ``tmp_path`` folders keep their usual place
+    (resolved first), where pytest prunes them.
+    """
+    import dask
+
+    tmp_path_factory.getbasetemp()
+    private = tempfile.mkdtemp(prefix="dem-tests-")
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = private
+    tempfile.tempdir = private
+    try:
+        with dask.config.set({"temporary-directory": private}):
+            yield private
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(private, ignore_errors=True)
