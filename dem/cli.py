@@ -35,6 +35,7 @@ from dem.data.partitions import normalise_location
 from dem.errors import CheckpointError, ConfigError, DataError, DemError
 from dem.io import MODEL_DIRNAME as MODEL_NAME
 from dem.io import collect_stale_temporaries
+from dem.plots import COMPONENTS_PNG, CONVERGENCE_PNG
 from dem.progress import ProgressDisplay
 from dem.progress import format_delta as _fmt_delta
 from dem.progress import plural
@@ -425,7 +426,9 @@ def run_fit(cfg: Config) -> Any:
             out.print(f"output.overwrite: clearing the previous run in {run_dir}")
             _clear_run_dir(run_dir, opts)
         _makedirs(run_dir, opts)
-        collect_stale_temporaries(run_dir)  # left by a killed or failed earlier run
+        # Left by a killed or failed earlier run: the names dem writes here, nothing else.
+        collect_stale_temporaries(run_dir, [CONFIG_NAME, HISTORY_NAME, GENERATED_NAME, MODEL_NAME,
+                                            CONVERGENCE_PNG, COMPONENTS_PNG])
         _write_text(_join(run_dir, CONFIG_NAME), cfg.to_yaml(redact_secrets=True), opts)
         if generated is not None:
             _write_text(_join(run_dir, GENERATED_NAME), json.dumps(generated, indent=1), opts)

@@ -208,31 +208,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def collect_stale_temporaries(directory: str) -> list[str]:
+def collect_stale_temporaries(directory: str, names: Sequence[str]) -> list[str]:
     """Remove ``<name>.tmp-<pid>`` / ``<name>.old-<pid>`` left in ``directory`` by dead processes.
 
     dem writes files and model groups under such names and renames them into
     place; a process killed in between (or stopped by a full disk before it
-    could clean up) leaves them behind. Only those of processes no longer
-    running on this machine are removed, so a concurrent writer's are not.
-    Returns the removed paths. URLs are left alone (nothing there is written
-    under a temporary name).
+    could clean up) leaves them behind. Only the temporaries of ``names``
+    (what dem writes there: never a user's own ``*.old-2024``) and only
+    those of processes no longer running on this machine are removed, so a
+    concurrent writer's are not. Returns the removed paths. URLs are left
+    alone (nothing there is written under a temporary name).
     """
     if "://" in directory or not os.path.isdir(directory):
         return []
     removed = []
-    for path in sorted(glob.glob(os.path.join(glob.escape(directory), "*.*-*"))):
-        m = _TEMP_SUFFIX.search(path)
-        if m is None or int(m.group(2)) == os.getpid() or _pid_alive(int(m.group(2))):
-            continue
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            try:
-                os.remove(path)
-            except OSError:
+    for name in names:
+        for path in sorted(glob.glob(os.path.join(glob.escape(directory), glob.escape(name) + ".*-*"))):
+            m = _TEMP_SUFFIX.search(path)
+            if (m is None or os.path.basename(path)[: m.start() - len(path)] != name
+                    or int(m.group(2)) == os.getpid() or _pid_alive(int(m.group(2)))):
                 continue
-        removed.append(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(path)
+                except OSError:
+                    continue
+            removed.append(path)
     return removed
 
 
@@ -247,7 +250,7 @@ def write_atomically(ds: Any, path: str, storage_options: dict | None = None) ->
     if "://" in path:
         ds.to_zarr(path, mode="w", storage_options=storage_options, consolidated=True)
         return
-    collect_stale_temporaries(os.path.dirname(os.path.abspath(path)))
+    collect_stale_temporaries(os.path.dirname(os.path.abspath(path)), [os.path.basename(path)])
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

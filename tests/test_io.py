@@ -275,9 +275,12 @@ def test_temporaries_of_dead_processes_are_collected_by_the_next_save(tmp_path, 
     pid = int(dead.stdout)  # a process that has exited: its temporaries are garbage
     (tmp_path / f"model.zarr.tmp-{pid}").mkdir()
     (tmp_path / f"model.zarr.tmp-{pid}" / "zarr.json").write_text("{}")
-    (tmp_path / f"history.json.tmp-{pid}").write_text("[")
+    (tmp_path / f"model.zarr.old-{pid}").mkdir()
     live = tmp_path / f"model.zarr.tmp-{os.getppid()}"  # a live process (pytest's parent): left alone
     live.mkdir()
-    (tmp_path / "notes.tmp-abc").write_text("not ours")
+    # Not the temporaries of this model: a user's files that only look alike stay.
+    kept = [f"notes.old-{pid}", f"other.zarr.tmp-{pid}", "notes.tmp-abc"]
+    for name in kept:
+        (tmp_path / name).write_text("not ours")
     _fit(X).save(str(tmp_path / "model.zarr"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.zarr", live.name, "notes.tmp-abc"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.zarr", live.name, *kept])
