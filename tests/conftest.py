@@ -81,7 +81,9 @@ def private_system_temp(tmp_path_factory: pytest.TempPathFactory):
     import dask
 
     tmp_path_factory.getbasetemp()
-    private = tempfile.mkdtemp(prefix="dem-tests-")
+    system = tempfile.gettempdir()
+    _remove_private_temps_of_dead_sessions(system)
+    private = tempfile.mkdtemp(prefix=f"dem-tests-{os.getpid()}-", dir=system)
     saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"] = private
     tempfile.tempdir = private
@@ -95,3 +97,20 @@ def private_system_temp(tmp_path_factory: pytest.TempPathFactory):
         else:
             os.environ["TMPDIR"] = saved_env
         shutil.rmtree(private, ignore_errors=True)
+
+
+def _remove_private_temps_of_dead_sessions(system: str) -> None:
+    """A session killed before its teardown (SIGKILL, a CI timeout) leaves its directory: collect it."""
+    import glob
+    import re
+
+    for path in glob.glob(os.path.join(system, "dem-tests-*-*")):
+        m = re.fullmatch(r"dem-tests-(\d+)-.*", os.path.basename(path))
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live session

@@ -28,3 +28,18 @@ def test_a_local_cluster_keeps_its_scratch_space_in_the_private_directory(privat
     dirs = local_cluster_client.run(lambda dask_worker: dask_worker.local_directory)
     assert len(dirs) == 2
     assert all(Path(d).is_relative_to(Path(private_system_temp) / "dask-scratch-space") for d in dirs.values())
+
+
+def test_a_killed_sessions_directory_is_collected_by_the_next(tmp_path) -> None:
+    from conftest import _remove_private_temps_of_dead_sessions
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    stale = tmp_path / f"dem-tests-{int(dead.stdout)}-abc"
+    (stale / "dask-scratch-space").mkdir(parents=True)
+    live = tmp_path / f"dem-tests-{os.getpid()}-xyz"
+    live.mkdir()
+    other = tmp_path / "dem-tests-notapid"
+    other.mkdir()
+    _remove_private_temps_of_dead_sessions(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
