@@ -10,7 +10,9 @@ behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import importlib.util
 import json
 import math
@@ -29,11 +31,15 @@ from dem.config import Config, config_from_dict, load_config, parse_override, re
 from dem.engine.checkpoint import CHECKPOINTS as CHECKPOINTS_NAME
 from dem.engine.checkpoint import POINTER as POINTER_NAME
 from dem.engine.checkpoint import RUN_FILE as RUN_NAME
-from dem.errors import CheckpointError, ConfigError, DataError, DemError
+from dem.data.partitions import normalise_location
+from dem.errors import CheckpointError, ConfigError, DataError, DemError, plain_repr
 from dem.io import MODEL_DIRNAME as MODEL_NAME
+from dem.io import collect_stale_temporaries
+from dem.plots import COMPONENTS_PNG, CONVERGENCE_PNG
 from dem.progress import ProgressDisplay
 from dem.progress import format_delta as _fmt_delta
 from dem.engine.monitor import note_texts, objective_of
+from dem.progress import plural
 
 CONFIG_NAME = "config.yaml"
 HISTORY_NAME = "history.json"
@@ -41,12 +47,16 @@ HISTORY_NAME = "history.json"
 _DEBUG = False
 #: The run directory being fitted, for the message after Ctrl-C.
 _CURRENT_RUN: str | None = None
+#: The scheduler address of the fit (None: embedded), for the message when it is lost.
+_CURRENT_ADDRESS: str | None = None
 #: Keys ``dem resume`` may change: they extend a run without changing its path.
 RESUMABLE_KEYS = ("fit.max_iter", "fit.tol", "data.storage_options")
 #: Keys of data/model/fit that may differ between a run directory's config and
 #: a new one without making it another run: how long to iterate, and whether
 #: partitions are cached (results do not depend on it, nor on the cluster).
-_IGNORED_FOR_IDENTITY = {"fit.max_iter", "fit.tol", "fit.cache", "data.storage_options"}
+_IGNORED_FOR_IDENTITY = {"fit.max_iter", "fit.tol", "fit.cache", "data.storage_options", "data.generate.path"}
+#: Written into the run directory when `dem fit` generated the data it fitted.
+GENERATED_NAME = "data_generated.json"
 
 # markup off: paths, keys and notes may hold [brackets] that rich would eat.
 out = Console(soft_wrap=True, highlight=False, markup=False)
@@ -73,9 +83,14 @@ def _write_text(path: str, text: str, storage_options: dict | None = None) -> No
             fh.write(text)
         return
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # a full disk must not leave half a file behind
+        raise
 
 
 def _exists(path: str, storage_options: dict | None = None) -> bool:
@@ -176,11 +191,40 @@ def _check_run_dir(cfg: Config, state: RunDirState) -> None:
 
 def _clear_run_dir(run_dir: str, storage_options: dict | None) -> None:
     """Remove what dem wrote in ``run_dir`` (and nothing else)."""
-    for name in (MODEL_NAME, HISTORY_NAME, CHECKPOINTS_NAME, RUN_NAME, CONFIG_NAME):
+    for name in (MODEL_NAME, HISTORY_NAME, CHECKPOINTS_NAME, RUN_NAME, CONFIG_NAME, GENERATED_NAME):
         path = _join(run_dir, name)
         if _exists(path, storage_options):
             fs, p = _fs(path, storage_options)
             fs.rm(p, recursive=True)
+
+
+def _check_run_dir_writable(run_dir: str) -> None:
+    """Refuse a run directory that is a file or cannot be written, before anything starts.
+
+    The directory (or, when it does not exist yet, the nearest existing
+    directory above it, where it would be created) gets a probe file that is
+    removed at once. Object stores are left to the first write.
+    """
+    if "://" in run_dir:
+        return
+    where = run_dir
+    while not os.path.exists(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    if not os.path.isdir(where):
+        if where == run_dir:
+            raise CheckpointError(f"output.run_dir {run_dir!r} is a file, not a directory: "
+                                  "choose another output.run_dir")
+        raise CheckpointError(f"cannot create output.run_dir {run_dir!r}: {where!r} is a file, not a directory")
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dem-write-test-", dir=where)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        created = "" if where == run_dir else f" (it would be created in {where!r})"
+        raise CheckpointError(f"cannot write to output.run_dir {run_dir!r}{created}: "
+                              f"{exc.strerror or exc}; make it writable or choose another output.run_dir") from None
 
 
 def _preflight_data(cfg: Config) -> bool:
@@ -193,16 +237,21 @@ def _preflight_data(cfg: Config) -> bool:
     except Exception as exc:  # fsspec raises many types for bad URLs/credentials
         raise DataError(f"cannot reach data.path {path!r}: {exc}") from None
     if not exists:
-        if cfg.data.generate is not None:
-            return True
-        raise DataError(f"data.path {path!r} does not exist (set data.generate to create a synthetic dataset there)")
-    if cfg.model.kind != "gmm":
-        return False  # sequence data (X + offsets) is checked when the HMM opens it, before any write
-    from dem.data.partitions import as_partitioned
-
-    # Opens metadata only: shape, dtype, the variable and weights arrays.
-    as_partitioned(path, cfg.data.weights, cfg.fit.partition_rows,
-                   variable=cfg.data.variable, storage_options=opts)
+        gen = cfg.data.generate
+        if gen is None:
+            raise DataError(f"data.path {path!r} does not exist (set data.generate to create a synthetic dataset "
+                            "there)")
+        if gen.path is not None and normalise_location(gen.path) != normalise_location(path):
+            # A typo in data.path must not quietly become a new synthetic dataset.
+            raise DataError(f"data.path {path!r} does not exist, and data.generate only creates data at "
+                            f"data.generate.path {gen.path!r}: check data.path for a typo")
+        return True
+    # The estimator opens the data as it will for the fit (metadata only: shapes, dtypes, the
+    # variable, weights and target arrays, sequence offsets), before anything is written.
+    fit = cfg.fit_kwargs()
+    cfg.make_estimator()._open_data(path, y=fit.get("y"), sample_weight=fit.get("sample_weight"), lengths=None,
+                                    variable=fit.get("variable"), partition_rows=cfg.fit.partition_rows,
+                                    memory_per_thread=None)
     return False
 
 
@@ -226,6 +275,8 @@ def _start_cluster(cfg: Config) -> Cluster:
 
     from distributed import Client, LocalCluster
 
+    if not _DEBUG and _SAVED_LEVELS:  # running under main(): importing distributed reset its levels
+        _quiet_logs()
     c = cfg.cluster
     if c.address is not None:
         security = None
@@ -240,20 +291,97 @@ def _start_cluster(cfg: Config) -> Cluster:
             raise ConfigError(f"cannot connect to the Dask scheduler at cluster.address={c.address!r}: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         return Cluster(client)
-    # The scheduler always serves HTTP (health, metrics); ":0" takes a free
-    # port, where None would mean 8787 and a warning when that is taken.
-    local = LocalCluster(
-        n_workers=c.n_workers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
-        processes=True, dashboard_address=":0", scheduler_kwargs={"dashboard": c.dashboard},
-        # Task errors come back to this process and are reported once, as one
-        # line; workers' own logs only add noise (`dem --debug` shows them).
-        silence_logs=logging.WARNING if _DEBUG else logging.CRITICAL,
-    )
+    # The scheduler always serves HTTP (health, metrics). Port 0 takes a free
+    # port, where None would mean 8787 and a warning when that is taken; the
+    # host is explicit because distributed binds ":0" to every interface.
+    with _workers_ignore_sigint():
+        local = LocalCluster(
+            n_workers=c.n_workers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
+            processes=True, host=c.host, dashboard_address=c.dashboard_address or f"{_bracketed(c.host)}:0",
+            scheduler_kwargs={"dashboard": c.dashboard},
+            # Task errors come back to this process and are reported once, as one
+            # line; workers' own logs only add noise (`dem --debug` shows them).
+            silence_logs=logging.WARNING if _DEBUG else logging.CRITICAL,
+        )
     try:
-        return Cluster(Client(local), local)
+        client = Client(local)
+        # Workers the nanny restarts later are spawned with this process's
+        # own SIGINT handler in place; the plugin makes them ignore it too.
+        client.register_plugin(_ignore_sigint_plugin(), name="dem-ignore-sigint")
+        return Cluster(client, local)
     except BaseException:
         local.close()
         raise
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint() -> Any:
+    """Start worker processes with SIGINT ignored (an ignored signal survives exec; a handler does not).
+
+    Ctrl-C in a terminal goes to the whole process group: without this, each
+    embedded worker prints a KeyboardInterrupt traceback (60+ lines for two)
+    before dem's one line, although this process stops them anyway. A Ctrl-C
+    during the few seconds of start-up is ignored.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ignore_sigint_plugin() -> Any:
+    """A distributed worker plugin: the worker process ignores SIGINT (its nanny's process stops it).
+
+    Defined here, not at module level, so that the CLI imports distributed
+    only when it starts a cluster (the class then travels by value).
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class IgnoreSigint(WorkerPlugin):
+        idempotent = True
+
+        def setup(self, worker: Any) -> None:
+            import signal
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreSigint()
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 address in brackets, so ``host:port`` stays parseable."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def dashboard_line(cluster: Cluster) -> str | None:
+    """``dashboard: <link>`` for the address the dashboard really listens on.
+
+    distributed's ``dashboard_link`` names the scheduler's host even when the
+    HTTP server is bound to every interface; then the line says so, since
+    anyone who can reach this machine can open it.
+    """
+    link = getattr(cluster.client, "dashboard_link", None)
+    server = getattr(getattr(cluster.local, "scheduler", None), "http_server", None)
+    if server is None:
+        return f"dashboard: {link}" if link else None
+    bound = sorted({sock.getsockname()[:2] for sock in getattr(server, "_sockets", {}).values()})
+    if not bound:
+        return f"dashboard: {link}" if link else None
+    everywhere = [port for host, port in bound if host in ("0.0.0.0", "::", "")]
+    if everywhere:
+        return (f"dashboard: http://127.0.0.1:{everywhere[0]}/status (listening on every interface, "
+                f"port {everywhere[0]}: reachable from the network; set cluster.dashboard_address to restrict it)")
+    host, port = bound[0]
+    return f"dashboard: http://{_bracketed(host)}:{port}/status"
 
 
 def _model_is_current(path: str, est: Any, storage_options: dict | None) -> bool:
@@ -263,9 +391,10 @@ def _model_is_current(path: str, est: Any, storage_options: dict | None) -> bool
     try:
         import zarr
 
-        attrs = zarr.open_group(store=path, mode="r", storage_options=storage_options).attrs
-        return (int(attrs.get("n_iter", -1)) == est.n_iter_
-                and float(attrs.get("lower_bound", math.nan)) == est.lower_bound_)
+        attrs = dict(zarr.open_group(store=path, mode="r", storage_options=storage_options).attrs)
+        fitted = json.loads(attrs.get("fitted", "{}"))  # format 2: the fit's summary as JSON
+        return (int(fitted.get("n_iter_", attrs.get("n_iter", -1))) == est.n_iter_
+                and float(fitted.get("lower_bound_", attrs.get("lower_bound", math.nan))) == est.lower_bound_)
     except Exception:
         return False
 
@@ -275,6 +404,7 @@ def run_fit(cfg: Config) -> Any:
     run_dir = cfg.output.run_dir
     opts = cfg.data.storage_options or None
     # 1. Validate everything before writing anything.
+    _check_run_dir_writable(run_dir)
     state = _run_dir_state(run_dir, opts)
     _check_run_dir(cfg, state)
     must_generate = _preflight_data(cfg)
@@ -283,24 +413,29 @@ def run_fit(cfg: Config) -> Any:
 
     created = _first_missing(run_dir, opts)
     cluster = _start_cluster(cfg)
-    display = ProgressDisplay(out, tol=cfg.fit.tol)
+    # HMMs stop on hmmlearn's rule, the gain of the total log-likelihood; the display says so.
+    display = ProgressDisplay(out, tol=cfg.fit.tol, tol_on_total=cfg.estimator_class()._tol_is_total)
     try:
-        link = cluster.client.dashboard_link if cfg.cluster.dashboard else None
+        line = dashboard_line(cluster) if cfg.cluster.dashboard else None
         if cfg.cluster.dashboard and cfg.cluster.address is None and importlib.util.find_spec("bokeh") is None:
             out.print("dashboard: not served (install bokeh to get one)")
-        elif link:
-            out.print(f"dashboard: {link}")
+        elif line:
+            out.print(line)
         display.dashboard_printed = True
-        if must_generate:
-            _generate_for_fit(cfg, cluster)
+        generated = _generate_for_fit(cfg, cluster) if must_generate else None
         if cfg.output.overwrite and state.is_run:
             out.print(f"output.overwrite: clearing the previous run in {run_dir}")
             _clear_run_dir(run_dir, opts)
         _makedirs(run_dir, opts)
+        # Left by a killed or failed earlier run: the names dem writes here, nothing else.
+        collect_stale_temporaries(run_dir, [CONFIG_NAME, HISTORY_NAME, GENERATED_NAME, MODEL_NAME,
+                                            CONVERGENCE_PNG, COMPONENTS_PNG])
         _write_text(_join(run_dir, CONFIG_NAME), cfg.to_yaml(redact_secrets=True), opts)
-        global _CURRENT_RUN
-        _CURRENT_RUN = run_dir
-        est = cfg.make_estimator(client=cluster.client)  # model.kind: a mixture or an HMM
+        if generated is not None:
+            _write_text(_join(run_dir, GENERATED_NAME), json.dumps(generated, indent=1), opts)
+        global _CURRENT_RUN, _CURRENT_ADDRESS
+        _CURRENT_RUN, _CURRENT_ADDRESS = run_dir, cfg.cluster.address
+        est = cfg.make_estimator(client=cluster.client)  # model.kind's estimator, from the registry
         t0 = time.perf_counter()
         try:
             est.fit(cfg.data.path, **cfg.fit_kwargs(), callback=display)
@@ -316,8 +451,8 @@ def run_fit(cfg: Config) -> Any:
             for rec in est.history_:
                 out.print(display.line(rec))
         model_path = _join(run_dir, MODEL_NAME)
-        if cfg.model.kind == "gmm" and not _model_is_current(model_path, est, opts):
-            est.save(model_path, storage_options=opts)  # HMMs save their model.zarr themselves
+        if not _model_is_current(model_path, est, opts):
+            est.save(model_path, storage_options=opts)
         _write_text(_join(run_dir, HISTORY_NAME), json.dumps(est.history_, indent=1), opts)
     finally:
         display.close()
@@ -326,9 +461,9 @@ def run_fit(cfg: Config) -> Any:
     converged = est.converged_ if hasattr(est, "converged_") else est.monitor_.converged
     last = objective_of(est.history_[-1]) if est.history_ else float("nan")
     status = "converged" if converged else "did not converge"
-    out.print(f"{status} after {est.n_iter_} iterations in {seconds:.1f} s; "
+    out.print(f"{status} after {plural(int(est.n_iter_), 'iteration')} in {seconds:.1f} s; "
               f"mean log-likelihood {getattr(est, 'lower_bound_', last):.6f}")
-    pictures = _write_pictures(cfg, est, display) if cfg.model.kind == "gmm" else []
+    pictures = _write_pictures(cfg, est, display)  # HMMs: convergence.png only
     if pictures:
         out.print(f"pictures: {', '.join(pictures)}")
     out.print(f"run: {run_dir}  (model: {model_path}; `dem info {run_dir}` for details)")
@@ -381,11 +516,16 @@ def _remove_tree(path: str, storage_options: dict | None) -> None:
         pass
 
 
-def _generate_for_fit(cfg: Config, cluster: Cluster) -> None:
+def _generate_for_fit(cfg: Config, cluster: Cluster) -> dict:
+    """Write ``data.generate``'s dataset at ``data.path``; returns what to record in the run directory."""
     from dem.data.generate import generate_dataset
 
     g = cfg.data.generate
     assert g is not None and cfg.data.path is not None
+    if g.path is None:
+        # Said on stderr too: with no data.generate.path, any missing data.path gets synthetic data.
+        err.print(f"warning: data.path {cfg.data.path} does not exist: generating SYNTHETIC data there "
+                  "(data.generate; set data.generate.path to refuse a mistyped data.path instead)")
     out.print(f"generating {cfg.data.path}: {g.n_samples:,} rows × {g.n_features} features, "
               f"{g.n_components} components, {g.dtype}, seed {g.seed} (data.generate; data.path did not exist)")
     # Embedded workers share this filesystem; a remote cluster may not, so
@@ -398,6 +538,8 @@ def _generate_for_fit(cfg: Config, cluster: Cluster) -> None:
     )
     out.print(f"wrote {summary['nbytes'] / 2**20:,.0f} MiB in {summary['n_chunks']} chunks "
               f"in {summary['seconds']:.1f} s")
+    return {"path": cfg.data.path, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "settings": dataclasses.asdict(g), "nbytes": int(summary["nbytes"])}
 
 
 # -- commands ------------------------------------------------------------------
@@ -453,37 +595,36 @@ def resume(run_dir: str, overrides: tuple[str, ...]) -> None:
     run_fit(cfg)
 
 
+def _kinds() -> list[str]:
+    from dem import registry
+    return registry.kinds()
+
+
 @cli.command()
 @click.argument("path")
-@click.option("--kind", type=click.Choice(["gmm", "gaussian_hmm", "categorical_hmm", "gmm_hmm"]), default="gmm",
-              show_default=True, help="A Gaussian mixture, or sequences from an HMM (X + offsets).")
-@click.option("--samples", "n_samples", type=int, default=None, help="Rows (gmm).")
+@click.option("--kind", default="gmm", show_default=True,
+              help="Model kind whose demo data to write (dem info lists them: gmm, gaussian_hmm, ...).")
+@click.option("--samples", "n_samples", type=int, default=None, help="Rows (mixtures, mixtures of experts).")
 @click.option("--sequences", "n_sequences", type=int, default=None, help="Sequences (HMM kinds).")
 @click.option("--length", type=int, default=None, help="Steps per sequence (HMM kinds).")
 @click.option("--features", "n_features", type=int, default=None,
-              help="Columns (symbols for categorical_hmm).")
+              help="Columns of X (symbols for categorical_hmm).")
 @click.option("--components", "n_components", type=int, required=True,
-              help="True mixture components, or hidden states.")
+              help="True mixture components, hidden states or experts.")
+@click.option("--targets", "n_targets", type=int, default=None, help="Columns of y (mixture_of_experts).")
 @click.option("--chunk-rows", type=int, default=100_000, show_default=True, help="Rows per Zarr chunk.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--separation", type=float, default=6.0, show_default=True,
-              help="Closest means, in component standard deviations.")
-@click.option("--weighted", is_flag=True, help="Also write positive sample weights.")
+              help="Closest means, in component standard deviations (gmm).")
+@click.option("--weighted", is_flag=True, help="Also write positive sample weights (gmm).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at PATH.")
 @click.option("--address", default=None, help="Dask scheduler to generate on (default: threads here).")
-def generate(path: str, kind: str, n_samples: int | None, n_sequences: int | None, length: int | None,
-             n_features: int | None, n_components: int, chunk_rows: int, dtype: str,
-             seed: int, separation: float, weighted: bool, overwrite: bool, address: str | None) -> None:
+def generate(path: str, kind: str, address: str | None, **options: Any) -> None:
     """Write a synthetic dataset (with its true parameters) to the Zarr group PATH."""
-    from dem.data.generate import generate_dataset
-
-    if kind != "gmm":
-        _generate_sequences(path, kind, n_sequences, length, n_features, n_components, chunk_rows, seed, dtype)
-        return
-    for flag, value in (("--samples", n_samples), ("--features", n_features)):
-        if value is None:
-            raise ConfigError(f"dem generate --kind gmm needs {flag}")
+    if kind not in _kinds():
+        raise ConfigError(f"--kind must be one of {', '.join(_kinds())}; got {kind!r}")
+    from dem import registry
 
     client = None
     if address is not None:
@@ -493,16 +634,13 @@ def generate(path: str, kind: str, n_samples: int | None, n_sequences: int | Non
             client = Client(address, timeout="20s")
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"cannot connect to the Dask scheduler at {address!r}: {exc}") from None
+    t0 = time.perf_counter()
     try:
-        summary = generate_dataset(path, n_samples, n_features, n_components, chunk_rows=chunk_rows, dtype=dtype,
-                                   seed=seed, separation=separation, weighted=weighted, client=client,
-                                   overwrite=overwrite)
+        summary = registry.estimator_class(kind)._generate_demo(path, options, client=client)
     finally:
         if client is not None:
             client.close()
-    out.print(f"wrote {summary['path']}: {n_samples:,} rows × {n_features} features ({dtype}), "
-              f"{n_components} components, {summary['n_chunks']} chunks, "
-              f"{summary['nbytes'] / 2**20:,.1f} MiB uncompressed, in {summary['seconds']:.1f} s")
+    out.print(f"wrote {path}: {summary} in {time.perf_counter() - t0:.1f} s")
 
 
 @cli.command()
@@ -536,22 +674,6 @@ def impute(run_dir: str, data: str, out_path: str, draws: int, seed: int, variab
     filled = info.get("n_imputed")
     out.print(f"wrote {out_path}: {filled if filled is not None else '?'} missing entries filled"
               + (f", {draws} draws" if draws else "") + f" in {time.perf_counter() - t0:.1f} s")
-
-
-def _generate_sequences(path: str, kind: str, n_sequences: int | None, length: int | None,
-                        n_features: int | None, n_components: int, chunk_rows: int, seed: int, dtype: str) -> None:
-    from dem.data.sequences import generate_hmm_dataset
-
-    for flag, value in (("--sequences", n_sequences), ("--length", length), ("--features", n_features)):
-        if value is None or value < 1:
-            raise ConfigError(f"dem generate --kind {kind} needs {flag} >= 1")
-    emission = {"gaussian_hmm": "gaussian", "categorical_hmm": "categorical", "gmm_hmm": "gmm"}[kind]
-    sizes = ({"n_symbols": n_features} if emission == "categorical" else {"n_features": n_features})
-    t0 = time.perf_counter()
-    generate_hmm_dataset(path, n_sequences, length, n_components, kind=emission, seed=seed,
-                         chunk_rows=chunk_rows, dtype=dtype, **sizes)
-    out.print(f"wrote {path}: {n_sequences:,} sequences × {length} steps ({kind}, {n_components} states) "
-              f"in {time.perf_counter() - t0:.1f} s")
 
 
 def _list(path: str, pattern: str) -> list[str]:
@@ -606,6 +728,34 @@ def _load_history(run_dir: str) -> tuple[list[dict], str | None]:
     return [], None
 
 
+def _fitted_summary(path: str) -> list[str]:
+    """What the fitted model's estimator says about itself (components, gate, states…); [] if unreadable."""
+    import dem
+
+    try:
+        return dem.load(path).summary_lines()
+    except DemError as exc:
+        return [f"model: cannot be read ({exc})"]
+
+
+def _tol_rule(kind: Any) -> str:
+    """What fit.tol of ``kind`` is compared with, in words, when it is not the mean change."""
+    from dem import registry
+    try:
+        return str(registry.estimator_class(kind)._tol_rule)
+    except DemError:
+        return ""
+
+
+def _tol_is_total(kind: Any) -> bool:
+    """Whether fit.tol of ``kind`` is on the total objective (hmmlearn's rule), not the mean."""
+    from dem import registry
+    try:
+        return bool(registry.estimator_class(kind)._tol_is_total)
+    except DemError:
+        return False
+
+
 def _model_summary(run_dir: str) -> dict | None:
     path = _join(run_dir, MODEL_NAME)
     if not _exists(path):
@@ -633,6 +783,18 @@ def _model_summary(run_dir: str) -> dict | None:
                 "lower_bound": objective_of(history[-1]) if history else None, "means_shape": shape}
     return {"path": path, "converged": attrs.get("converged"), "n_iter": attrs.get("n_iter"),
             "lower_bound": attrs.get("lower_bound"), "means_shape": shape}
+
+
+def _generated_record(run_dir: str) -> dict | None:
+    """What ``data_generated.json`` says, when `dem fit` generated this run's data."""
+    path = _join(run_dir, GENERATED_NAME)
+    try:
+        if not _exists(path):
+            return None
+        record = _read_json(path)
+    except (OSError, ValueError):
+        return {"path": "?", "generated_at": "? (data_generated.json is unreadable)"}
+    return record if isinstance(record, dict) else None
 
 
 def _spans(iterations: list[int]) -> str:
@@ -757,20 +919,30 @@ def info(run_dir: str) -> None:
         d, m, f, c = (cfg.get(k) or {} for k in ("data", "model", "fit", "cluster"))
         out.print(f"data: {d.get('path')}" + (f" [{d.get('variable')}]" if d.get("variable") not in (None, "X") else "")
                   + (f", weights {d.get('weights')!r}" if d.get("weights") else "") + size)
-        out.print(f"model: {m.get('kind', 'gmm')}, {m.get('n_components')} components, "
-                  f"{m.get('covariance_type')} covariance, reg_covar {m.get('reg_covar')}")
-        out.print(f"fit: max_iter {f.get('max_iter')}, tol {f.get('tol')}, n_init {f.get('n_init')}, "
+        out.print(f"model: {m.get('kind', 'gmm')} (" + ", ".join(f"{k} {plain_repr(v)}" for k, v in m.items()
+                                                                if k != "kind") + ")")
+        rule = _tol_rule(m.get("kind", "gmm"))
+        on_total = f" ({rule})" if rule else ""
+        out.print(f"fit: max_iter {f.get('max_iter')}, tol {f.get('tol')}{on_total}, n_init {f.get('n_init')}, "
                   f"init {f.get('init_params')}, random_state {f.get('random_state')}")
         where = c.get("address") or f"local cluster {c.get('n_workers')}×{c.get('threads_per_worker')} threads"
         out.print(f"cluster: {where}")
+    generated = _generated_record(run_dir)
+    if generated is not None:
+        gs = generated.get("settings") or {}
+        out.print(f"data generated by this run: SYNTHETIC data written to {generated.get('path')} at "
+                  f"{generated.get('generated_at')} (data.generate: {gs.get('n_samples')} rows, "
+                  f"{gs.get('n_components')} components, seed {gs.get('seed')})")
     if model is not None and model.get("n_iter") is not None:
         status = "converged" if model.get("converged") else "did not converge"
-        out.print(f"result: {status} after {model['n_iter']} iterations; final mean log-likelihood "
+        out.print(f"result: {status} after {plural(int(model['n_iter']), 'iteration')}; final mean log-likelihood "
                   f"(lower bound) {model['lower_bound']:.6f}")
     elif history:
         tol = ((cfg or {}).get("fit") or {}).get("tol")
         last = history[-1]
         delta = last.get("delta")
+        if tol is not None and _tol_is_total(((cfg or {}).get("model") or {}).get("kind", "gmm")):
+            tol = float(tol) / max(1, int(last.get("n_rows") or 1))  # hmmlearn's rule: tol on the total
         done = tol is not None and delta is not None and abs(delta) < float(tol)
         ll = objective_of(last)
         out.print(f"result: {'converged' if done else 'in progress or interrupted'} at iteration "
@@ -788,6 +960,8 @@ def info(run_dir: str) -> None:
         out.print("history: none yet")
     if model is not None:
         out.print(f"fitted model: {model['path'] if remote else os.path.abspath(model['path'])}")
+        for line in _fitted_summary(model["path"]):
+            out.print(line)
     from dem.plots import COMPONENTS_PNG, CONVERGENCE_PNG
 
     pictures = [_join(run_dir, n) for n in (CONVERGENCE_PNG, COMPONENTS_PNG) if _exists(_join(run_dir, n))]
@@ -811,20 +985,36 @@ def main(argv: list[str] | None = None) -> None:
 
     previous = warnings.showwarning
     warnings.showwarning = _show_warning  # one line per warning, no source line
-    loggers = {name: logging.getLogger(name) for name in ("distributed", "asyncio")}
-    levels = {name: lg.level for name, lg in loggers.items()}
     if "--debug" not in (argv if argv is not None else sys.argv[1:]):
-        # Client-side chatter (and asyncio's "exception never retrieved" after
-        # Ctrl-C) would bury the one line that matters.
-        loggers["distributed"].setLevel(logging.ERROR)
-        loggers["asyncio"].setLevel(logging.CRITICAL)
+        _quiet_logs()
     try:
         code = _run(argv)
     finally:
         warnings.showwarning = previous
-        for name, lg in loggers.items():
-            lg.setLevel(levels[name])
+        for name, level in _SAVED_LEVELS.items():
+            logging.getLogger(name).setLevel(level)
+        _SAVED_LEVELS.clear()
     sys.exit(code)
+
+
+#: Logger levels `dem` changed, restored when :func:`main` returns (it also runs in-process in tests).
+_SAVED_LEVELS: dict[str, int] = {}
+
+
+def _quiet_logs() -> None:
+    """Only CRITICAL from distributed and asyncio: their errors reach dem as exceptions, reported once.
+
+    Client-side chatter (and asyncio's "exception never retrieved" after
+    Ctrl-C) would bury the one line that matters. distributed.client has a
+    level of its own, which importing distributed sets, so this runs again
+    once distributed is imported.
+    """
+    import logging
+
+    for name in ("distributed", "distributed.client", "asyncio"):
+        logger = logging.getLogger(name)
+        _SAVED_LEVELS.setdefault(name, logger.level)
+        logger.setLevel(logging.CRITICAL)
 
 
 def _run(argv: list[str] | None) -> int:
@@ -842,10 +1032,72 @@ def _run(argv: list[str] | None) -> int:
     except (DemError, FileNotFoundError) as exc:
         if _DEBUG:
             raise
-        return _fail(str(exc), 1)
+        # Some errors name a Python argument (overwrite=True); the CLI's flag differs.
+        return _fail(getattr(exc, "cli_message", None) or str(exc), 1)
     except click.exceptions.ClickException as exc:
         return _fail(exc.format_message(), exc.exit_code or 1)
+    except Exception as exc:
+        line = _failure_line(exc)
+        if line is None or _DEBUG:
+            raise
+        return _fail(line, 1)
     return rc if isinstance(rc, int) else 0
+
+
+def _failure_line(exc: Exception) -> str | None:
+    """One line for failures of the environment rather than of the input; None: not one of them.
+
+    The scheduler going away and a full or read-only disk mid-fit otherwise
+    end in 30-100 lines of distributed's, zarr's and fsspec's frames; the
+    checkpoints written before either are intact (each is renamed into
+    place whole), so the line says how to continue.
+    """
+    if _scheduler_lost(exc):
+        return _scheduler_lost_line()
+    if isinstance(exc, OSError):
+        return _os_error_line(exc)
+    return None
+
+
+def _scheduler_lost(exc: BaseException) -> bool:
+    try:
+        from distributed.client import FutureCancelledError
+        from distributed.comm.core import CommClosedError
+    except ImportError:
+        return False
+    # dem never cancels its own futures: a cancelled one means the scheduler
+    # went away (distributed gives the reason as "scheduler-connection-lost"
+    # or, depending on timing, "unknown").
+    return isinstance(exc, (FutureCancelledError, CommClosedError))
+
+
+def _scheduler_lost_line() -> str:
+    address = _CURRENT_ADDRESS
+    run = _CURRENT_RUN
+    where = f"the Dask scheduler at {address}" if address else "the embedded Dask scheduler"
+    if run is None or not _exists(_join(run, CHECKPOINTS_NAME)):
+        return f"lost the connection to {where} before the first checkpoint; run the same command again"
+    if address:
+        return (f"lost the connection to {where}; once a scheduler is up, continue with "
+                f"`dem resume {run} --set cluster.address={address}` (or the new scheduler's address)")
+    return f"lost the connection to {where}; continue with `dem resume {run}`"
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for a filesystem error: what, where, and how to go on."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    run = _CURRENT_RUN
+    # zarr's and fsspec's writes often raise without a filename: then name the run directory.
+    where = exc.filename or run
+    then = "run the same command again"
+    if run is not None and _exists(_join(run, CHECKPOINTS_NAME)):
+        then = f"continue with `dem resume {run}`"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = "no space left on the device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        return f"{full} writing {where}: free some space, then {then}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {where}: {what}; make it writable, then {then}"
+    return f"{what}" + (f": {exc.filename}" if exc.filename else "")
 
 
 def _fail(message: str, code: int) -> int:

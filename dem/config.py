@@ -25,11 +25,6 @@ import yaml
 
 from dem.data.generate import DTYPES
 from dem.errors import ConfigError
-from dem.families.gaussian_kernel import COVARIANCE_TYPES
-from dem.families.mixture_init import INIT_METHODS
-
-MODEL_KINDS = ("gmm", "gaussian_hmm", "categorical_hmm", "gmm_hmm")
-HMM_KINDS = ("gaussian_hmm", "categorical_hmm", "gmm_hmm")
 ADDRESS_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
 
 
@@ -193,6 +188,11 @@ def _memory_limit(v: Any) -> Any:
     raise _Invalid(want)
 
 
+#: ``host:port`` as Dask parses it: a name, an IPv4 address or a bracketed IPv6
+#: address, then a port number (distributed has no default port for a client).
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
+
+
 def _address(v: Any) -> Any:
     want = "null or a scheduler address like tcp://host:8786 or tls://host:8786"
     if v is None:
@@ -201,9 +201,34 @@ def _address(v: Any) -> Any:
         raise _Invalid(want)
     m = re.fullmatch(r"(?:([a-z]+)://)?(.+)", v)
     assert m is not None
-    if m.group(1) is not None and m.group(1) not in ADDRESS_SCHEMES:
+    scheme, location = m.group(1) or "tcp", m.group(2)
+    if scheme not in ADDRESS_SCHEMES:
+        raise _Invalid(want)
+    if scheme != "inproc":
+        # Checked here so a typo is one line before anything starts, rather
+        # than a ValueError from deep inside distributed's connect.
+        port = _HOST_PORT.fullmatch(location)
+        if port is None or not 0 < int(port.group(1)) < 65536:
+            raise _Invalid(want)
+    return v
+
+
+def _host(v: Any) -> str:
+    want = "a host name or IP address to listen on, like 127.0.0.1 or 0.0.0.0"
+    if not isinstance(v, str) or not re.fullmatch(r"\[?[0-9A-Za-z_.:-]+\]?", v):
         raise _Invalid(want)
     return v
+
+
+def _listen_address(v: Any) -> Any:
+    want = "null or host:port to serve the dashboard on, like 127.0.0.1:8787 (port 0: any free port)"
+    if v is None:
+        return None
+    if isinstance(v, str):
+        port = _HOST_PORT.fullmatch(v)
+        if port is not None and int(port.group(1)) < 65536:
+            return v
+    raise _Invalid(want)
 
 
 def _field(default: Any, check: Check, doc: str = "") -> Any:
@@ -219,6 +244,10 @@ def _field(default: Any, check: Check, doc: str = "") -> Any:
 class GenerateConfig:
     """``data.generate``: make a synthetic dataset at ``data.path`` when it is missing."""
 
+    path: str | None = _field(None, _str(optional=True),
+                              "the one `data.path` to generate into: any other missing `data.path` is an error, "
+                              "so a typo is refused rather than filled with new data (null: generate at any "
+                              "missing `data.path`, with a warning)")
     n_samples: int = _field(None, _int(1), "rows")
     n_features: int = _field(None, _int(1), "columns")
     n_components: int = _field(None, _int(1), "true mixture components")
@@ -238,23 +267,67 @@ class DataConfig:
     path: str | None = _field(None, _str(optional=True), "Zarr path/URL of a group holding X, or of an array")
     variable: str = _field("X", _str(), "array of the group to fit")
     weights: str | None = _field(None, _str(optional=True), "array of sample weights in the group")
+    target: str | None = _field(None, _str(optional=True), "array of targets y in the group (conditional models: "
+                                                          "mixture_of_experts)")
     storage_options: dict = _field({}, _mapping, "fsspec options for URLs")
     generate: GenerateConfig | None = _field(None, lambda v: v, "synthetic data to create if path is missing")
 
 
-@dataclasses.dataclass
 class ModelConfig:
-    """``model``: which latent-variable model."""
+    """``model``: which family (``model.kind``) and that family's own keys.
 
-    kind: str = _field("gmm", _choice(MODEL_KINDS), "model family: gmm, gaussian_hmm, categorical_hmm, gmm_hmm")
-    n_components: Any = _field(1, _components, "mixture components, or a list of candidates (lowest BIC wins)")
-    covariance_type: str = _field("full", _choice(COVARIANCE_TYPES), "covariance structure")
-    reg_covar: float = _field(1e-6, _float(0.0), "added to covariance diagonals")
-    missing: str = _field("error", _choice(("error", "em")), "NaN: error, or em (missing at random, fitted by EM)")
-    n_mix: int = _field(1, _int(1), "HMM kinds: Gaussians per state (gmm_hmm)")
-    min_covar: float = _field(1e-3, _float(0.0), "HMM kinds: floor of initial covariances")
-    algorithm: str = _field("viterbi", _choice(("viterbi", "map")), "HMM kinds: decoder")
-    n_features: int | None = _field(None, _int(1, optional=True), "categorical_hmm: number of symbols (null: inferred)")
+    The keys are not listed here: each family's estimator declares the
+    ``model.*`` keys it takes (``_config_keys``, with defaults and one-line
+    docs) and the registry collects them, so a new family brings its keys
+    with it. A key's value is checked with the estimator's own parameter
+    constraints. ``cfg.model.<key>`` reads a key.
+    """
+
+    def __init__(self, kind: str = "gmm", values: dict[str, Any] | None = None) -> None:
+        self.__dict__["kind"] = kind
+        self.__dict__["values"] = dict(values) if values is not None else _model_defaults(kind)
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(f"model.{name} is not a key of model.kind={self.__dict__.get('kind')!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "kind":
+            self.__dict__["kind"] = value
+        else:
+            self.__dict__["values"][name] = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"ModelConfig({self.to_dict()!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.values}
+
+
+def _estimator_class(kind: Any) -> type:
+    from dem import registry
+    return registry.estimator_class(kind)
+
+
+def _model_keys(kind: str) -> dict[str, Any]:
+    """``{key: ConfigKey}`` of the ``model.*`` keys ``kind`` takes (without the ``model.`` prefix)."""
+    return {k.split(".", 1)[1]: ck for k, ck in _estimator_class(kind)._config_keys.items()
+            if k.startswith("model.")}
+
+
+def _model_defaults(kind: str) -> dict[str, Any]:
+    return {name: ck.default for name, ck in _model_keys(kind).items()}
+
+
+def model_keys() -> dict[str, dict[str, Any]]:
+    """Every kind's ``model.*`` keys: ``{kind: {key: ConfigKey}}`` (the config reference lists them)."""
+    from dem import registry
+    return {kind: _model_keys(kind) for kind in registry.kinds()}
 
 
 @dataclasses.dataclass
@@ -262,15 +335,26 @@ class FitConfig:
     """``fit``: the EM iterations."""
 
     max_iter: int = _field(100, _int(1), "iterations at most")
-    tol: float = _field(1e-3, _float(0.0), "stop when |Δ mean log-likelihood| < tol")
+    tol: float = _field(1e-3, _float(0.0), "stop when |Δ mean log-likelihood| < tol (scikit-learn's rule). HMM kinds: when "
+                        "the *total* log-likelihood gains less than tol (hmmlearn's rule); the display still shows Δ "
+                        "per time step and prints the per-step threshold this amounts to (tol / steps)")
     n_init: int = _field(1, _int(1), "initialisations; the best is kept")
-    init_params: str = _field("k-means||", _choice(INIT_METHODS), "how initial centres are placed")
+    init_params: str = _field("k-means||", _str(), "how initial centres are placed (mixtures: k-means||, kmeans, "
+                                                   "k-means++, random, random_from_data)")
     random_state: int | None = _field(0, _int(0, optional=True), "seed (null: a fresh one)")
     partition_rows: int | None = _field(None, _int(1, optional=True), "rows per task, whole chunks (null: automatic, 1/16 of the data within 16-128 MiB)")
     fan_in: int = _field(8, _int(2), "children per node of the reduction tree")
     cache: Any = _field("auto", _cache, "keep partitions in worker memory")
     beta_init: float | None = _field(None, _beta, "deterministic annealing: first inverse temperature (null: off)")
     beta_rate: float = _field(2.0, _float(1.000001), "annealing: factor by which beta grows per stage")
+    accelerate: str | None = _field(None, _str(optional=True), "squarem: SQUAREM extrapolation between EM steps "
+                                                               "(null: plain EM)")
+    learning_method: str = _field("batch", _str(), "batch EM, online (mini-batches), sem (stochastic EM) or sem+em")
+    learning_decay: float = _field(0.7, _float(0.0), "online EM: step sizes (t + learning_offset)^-learning_decay, "
+                                                     "in (0.5, 1]")
+    learning_offset: float = _field(10.0, _float(0.0), "online EM: offset t0 of the step sizes")
+    batch_size: int | None = _field(None, _int(1, optional=True), "online EM: rows per mini-batch, whole "
+                                                                 "partitions (null: automatic)")
 
 
 @dataclasses.dataclass
@@ -286,11 +370,18 @@ class SecurityConfig:
 class ClusterConfig:
     """``cluster``: where the tasks run."""
 
-    address: str | None = _field(None, _address, "scheduler address (null: embedded LocalCluster)")
+    address: str | None = _field(None, _address, "scheduler address `[scheme://]host:port` (null: embedded "
+                                                         "LocalCluster)")
     n_workers: int = _field(2, _int(1), "LocalCluster worker processes")
     threads_per_worker: int = _field(1, _int(1), "threads per worker")
     memory_limit: Any = _field("auto", _memory_limit, "per worker")
     dashboard: bool = _field(True, _bool, "serve the Dask dashboard")
+    host: str = _field("127.0.0.1", _host,
+                       "interface the embedded scheduler and workers listen on (`0.0.0.0`: every "
+                       "interface, reachable from the network)")
+    dashboard_address: str | None = _field(None, _listen_address,
+                                           "`host:port` the embedded dashboard listens on (null: `cluster.host`, a "
+                                           "free port); `0.0.0.0:8787` serves it to the network")
     security: SecurityConfig | None = _field(None, lambda v: v, "TLS for a tls:// address")
 
 
@@ -320,7 +411,8 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML-safe) of every key, defaults included."""
-        return dataclasses.asdict(self)
+        return {name: (getattr(self, name).to_dict() if name == "model" else dataclasses.asdict(getattr(self, name)))
+                for name in SECTIONS}
 
     def to_yaml(self, redact_secrets: bool = False) -> str:
         """The configuration as YAML that :func:`load_config` reads back unchanged.
@@ -334,60 +426,60 @@ class Config:
             d["data"]["storage_options"] = _without_secrets(d["data"]["storage_options"])
         return yaml.safe_dump(d, sort_keys=False)
 
+    def value(self, dotted: str) -> Any:
+        """The value of a dotted key (``fit.tol``, ``model.n_components``)."""
+        section, key = dotted.split(".", 1)
+        return getattr(getattr(self, section), key)
+
+    def estimator_class(self) -> type:
+        """The estimator class of ``model.kind`` (from the registry)."""
+        return _estimator_class(self.model.kind)
+
     def estimator_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`dem.GaussianMixture` (without ``client``)."""
-        m, f, o = self.model, self.fit, self.output
-        return {
-            "n_components": m.n_components,
-            "covariance_type": m.covariance_type,
-            "reg_covar": m.reg_covar,
-            "missing": m.missing,
-            "max_iter": f.max_iter,
-            "tol": f.tol,
-            "n_init": f.n_init,
-            "init_params": f.init_params,
-            "random_state": f.random_state,
-            "partition_rows": f.partition_rows,
-            "fan_in": f.fan_in,
-            "cache": f.cache,
-            "beta_init": f.beta_init,
-            "beta_rate": f.beta_rate,
-            "checkpoint_dir": o.run_dir,
-            "checkpoint_every": o.checkpoint_every,
-            "keep_checkpoints": o.keep_checkpoints,
-            "storage_options": dict(self.data.storage_options) or None,
-        }
+        """Keyword arguments of the ``model.kind`` estimator (without ``client``)."""
+        cls = self.estimator_class()
+        names = set(cls._get_param_names())
+        kwargs = {ck.param: self.model.values[key] for key, ck in _model_keys(self.model.kind).items()}
+        for dotted, param in _shared_params(cls).items():
+            if param in names:
+                kwargs[param] = self.value(dotted)
+        kwargs["storage_options"] = dict(self.data.storage_options) or None
+        return kwargs
 
     def make_estimator(self, client: Any = None) -> Any:
         """The estimator ``model.kind`` names, configured from every section."""
-        if self.model.kind == "gmm":
-            import dem
-
-            return dem.GaussianMixture(**self.estimator_kwargs(), client=client)
-        import dem as hmm
-
-        m, f, o = self.model, self.fit, self.output
-        common = dict(n_components=m.n_components, n_iter=f.max_iter, tol=f.tol, random_state=f.random_state,
-                      algorithm=m.algorithm, n_init=f.n_init, partition_rows=f.partition_rows, fan_in=f.fan_in,
-                      cache=f.cache, checkpoint_dir=o.run_dir, checkpoint_every=o.checkpoint_every,
-                      keep_checkpoints=o.keep_checkpoints,
-                      storage_options=dict(self.data.storage_options) or None, client=client)
-        if m.kind == "categorical_hmm":
-            return hmm.CategoricalHMM(n_features=m.n_features, **common)
-        if m.kind == "gmm_hmm":
-            return hmm.GMMHMM(n_mix=m.n_mix, min_covar=m.min_covar, covariance_type=m.covariance_type, **common)
-        return hmm.GaussianHMM(min_covar=m.min_covar, covariance_type=m.covariance_type, **common)
+        return self.estimator_class()(**self.estimator_kwargs(), client=client)
 
     def fit_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the estimator's ``fit`` besides the data and the callback."""
-        if self.model.kind == "gmm":
-            return {"sample_weight": self.data.weights, "variable": self.data.variable}
-        return {}
+        out = {}
+        for dotted, argument in self.estimator_class()._config_fit_arguments.items():
+            value = self.value(dotted)
+            if value is not None:
+                out[argument] = value
+        return out
+
+
+def _shared_params(cls: type) -> dict[str, str]:
+    """The shared config keys ``cls`` takes, mapped to its parameter names."""
+    from dem.estimator.base import SHARED_CONFIG_PARAMS
+
+    out = {}
+    for dotted, param in {**SHARED_CONFIG_PARAMS, **_MIXTURE_FIT_KEYS}.items():
+        if dotted in cls._config_excluded:
+            continue
+        out[dotted] = cls._max_iter_param if param == "max_iter" else param
+    return out
+
+
+#: Keys of the fit section that only some families take (the others refuse a value other than the default).
+_MIXTURE_FIT_KEYS = {"fit.init_params": "init_params", "fit.beta_init": "beta_init", "fit.beta_rate": "beta_rate"}
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "fit": FitConfig,
             "cluster": ClusterConfig, "output": OutputConfig}
 _NESTED = {("data", "generate"): GenerateConfig, ("cluster", "security"): SecurityConfig}
+
 
 
 def _keys(cls: type) -> list[str]:
@@ -398,12 +490,66 @@ def all_keys() -> list[str]:
     """Every valid dotted key, e.g. ``model.n_components``, ``data.generate.seed``."""
     out = []
     for section, cls in SECTIONS.items():
+        if cls is ModelConfig:
+            out.append("model.kind")
+            out.extend(dict.fromkeys(f"model.{k}" for keys in model_keys().values() for k in keys))
+            continue
         for key in _keys(cls):
             out.append(f"{section}.{key}")
             nested = _NESTED.get((section, key))
             if nested is not None:
                 out.extend(f"{section}.{key}.{k}" for k in _keys(nested))
     return out
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "`null`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, dict):
+        return "`{}`" if not value else f"`{value}`"
+    return "`" + str(value).replace("|", "\\|") + "`"
+
+
+def reference_markdown() -> str:
+    """The config reference table of the README, generated from the schema and the registry."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+
+    def section(prefix: str, cls: type) -> None:
+        for f in dataclasses.fields(cls):
+            nested = _NESTED.get((prefix.split(".")[0], f.name)) if "." not in prefix else None
+            doc = f.metadata.get("doc", "").replace("|", "\\|")
+            if nested is not None:
+                rows.append(f"| `{prefix}.{f.name}` | null | {doc}: a mapping of the keys below |")
+                section(f"{prefix}.{f.name}", nested)
+            else:
+                rows.append(f"| `{prefix}.{f.name}` | {_cell(f.default if f.default is not dataclasses.MISSING else f.default_factory())} | {doc} |")
+
+    for name, cls in SECTIONS.items():
+        if cls is not ModelConfig:
+            section(name, cls)
+            continue
+        per_kind = dict(sorted(model_keys().items(), key=lambda kv: (kv[0] != "gmm", kv[0])))
+        rows.append(f"| `model.kind` | `gmm` | model family: {', '.join(per_kind)} |")
+        for key in dict.fromkeys(k for keys in per_kind.values() for k in keys):
+            owners = {kind: keys[key] for kind, keys in per_kind.items() if key in keys}
+            defaults = {_cell(ck.default) for ck in owners.values()}
+            if len(defaults) == 1:
+                default = defaults.pop()
+            else:
+                default = "; ".join(f"{kind}: {_cell(ck.default)}" for kind, ck in owners.items())
+            docs: dict[str, list[str]] = {}
+            for kind, ck in owners.items():
+                docs.setdefault(ck.doc.replace("|", "\\|"), []).append(kind)
+            if len(docs) == 1:
+                doc = next(iter(docs))
+                if len(owners) < len(per_kind):
+                    doc += f" ({', '.join(owners)})"
+            else:
+                doc = "; ".join(f"{', '.join(kinds)}: {text}" for text, kinds in docs.items())
+            rows.append(f"| `model.{key}` | {default} | {doc} |")
+    return "\n".join(rows)
 
 
 # -- loading ------------------------------------------------------------------
@@ -470,6 +616,89 @@ def _build(cls: type, raw: Any, prefix: str, src: _Source) -> Any:
     return obj
 
 
+def _check_parameter(cls: type, param: str, value: Any, dotted: str, src: _Source) -> Any:
+    """A config value checked with the estimator's own constraint for ``param`` (one line)."""
+    from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
+
+    if isinstance(value, str):
+        value = _number(value)  # YAML 1.1 reads 1e-3 as a string
+    if isinstance(value, float) and value.is_integer() and param in ("n_components", "n_mix", "n_features",
+                                                                      "n_experts"):
+        value = int(value)
+    constraints = cls._parameter_constraints.get(param)
+    if constraints is None or constraints == "no_validation":
+        return value
+    try:
+        validate_parameter_constraints({param: constraints}, {param: value}, caller_name=cls.__name__)
+    except InvalidParameterError:
+        raise ConfigError(f"{dotted} must be {_describe(constraints)}; got {_show(value)} "
+                          f"in {src.of(dotted)}") from None
+    return value
+
+
+def _describe(constraints: list) -> str:
+    """scikit-learn parameter constraints in the config's words ("an integer >= 1 or null")."""
+    from numbers import Integral
+
+    from sklearn.utils._param_validation import Interval, StrOptions
+
+    parts: list[str] = []
+    for c in constraints:
+        if isinstance(c, Interval):
+            integer = c.type is Integral
+            lo, hi = c.left, c.right
+            fmt = (lambda v: str(int(v))) if integer else (lambda v: f"{v:g}")
+            if hi is None:
+                op = ">=" if c.closed in ("left", "both") else ">"
+                parts.append(f"{'an integer' if integer else 'a finite number'} {op} {fmt(lo)}")
+            else:
+                left = "[" if c.closed in ("left", "both") else "("
+                right = "]" if c.closed in ("right", "both") else ")"
+                parts.append(f"{'an integer' if integer else 'a number'} in {left}{fmt(lo)}, {fmt(hi)}{right}")
+        elif isinstance(c, StrOptions):
+            parts.append("one of " + ", ".join(sorted(c.options)))
+        elif c is None:
+            parts.append("null")
+        elif c in (list, tuple):
+            if "a list of them" not in parts:
+                parts.append("a list of them")
+        else:
+            parts.append({"boolean": "true or false", "array-like": "a list of numbers", str: "a string",
+                          dict: "a mapping", "random_state": "an integer >= 0 or null",
+                          "verbose": "an integer"}.get(c, str(c)))
+    return " or ".join(parts)
+
+
+def _build_model(raw: Any, src: _Source) -> ModelConfig:
+    """The ``model`` section: ``kind`` picks the family, whose estimator declares the other keys."""
+    from dem import registry
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"model in {src.of('model')} must be a mapping of keys; got {_show(raw)}")
+    kind = raw.get("kind", "gmm")
+    if kind not in registry.kinds():
+        raise ConfigError(f"model.kind must be one of {', '.join(registry.kinds())}; got {_show(kind)} "
+                          f"in {src.of('model.kind')}")
+    cls = registry.estimator_class(kind)
+    keys = _model_keys(kind)
+    values = _model_defaults(kind)
+    for key, value in raw.items():
+        if key == "kind":
+            continue
+        dotted = f"model.{key}"
+        if not isinstance(key, str) or key not in keys:
+            owners = [k for k, declared in model_keys().items() if key in declared]
+            if owners:
+                raise ConfigError(f"{dotted} is not a key of model.kind={kind} (it belongs to model.kind="
+                                  f"{' or '.join(owners)}); {kind} takes {', '.join(f'model.{k}' for k in keys)} "
+                                  f"(in {src.of(dotted)})")
+            raise _unknown(dotted, ["model.kind", *(f"model.{k}" for k in keys)], src.of(dotted))
+        values[key] = _check_parameter(cls, keys[key].param, value, dotted, src)
+    return ModelConfig(kind, values)
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     if len(text) > 60:
@@ -512,13 +741,54 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], src: _Sou
     return raw
 
 
+def _refuse_duplicate_keys(node: Any, name: str, path: str = "", seen: set[int] | None = None) -> None:
+    """A :class:`ConfigError` naming the first key written twice in one mapping, and both lines.
+
+    PyYAML keeps the last value of a repeated key without a word, so a second
+    ``fit:`` section would silently replace the first.
+    """
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already checked (or a recursive one)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, Any] = {}
+        for key, value in node.value:
+            # `<<` merges are meant to be overridden; other non-scalar keys are refused later.
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                dotted = f"{path}.{key.value}" if path else key.value
+                if key.value in first:
+                    raise ConfigError(
+                        f"{name}: key {dotted!r} appears twice, at lines {first[key.value].start_mark.line + 1} "
+                        f"and {key.start_mark.line + 1}; keep one (YAML would silently use the last)")
+                first[key.value] = key
+            else:
+                dotted = path
+            _refuse_duplicate_keys(value, name, dotted, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, name, f"{path}[{i}]", seen)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping."""
+
+    def construct_document(self, node: Any) -> Any:
+        _refuse_duplicate_keys(node, self.name)
+        return super().construct_document(node)
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
-    """The top-level mapping of a YAML file (empty file: ``{}``)."""
+    """The top-level mapping of a YAML file (empty file: ``{}``).
+
+    Parsed with PyYAML's safe loader (no Python objects), refusing a key
+    that appears twice in one mapping.
+    """
     path = os.fspath(path)
     name = path
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
+            raw = yaml.load(fh, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"config file {name!r} not found") from None
     except IsADirectoryError:
@@ -559,7 +829,8 @@ def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = (), *,
     for section in raw:
         if not isinstance(section, str) or section not in SECTIONS:
             raise _unknown(str(section), list(SECTIONS), src.of(str(section)), what="section")
-    cfg = Config(**{name: _build(cls, raw.get(name), name, src) for name, cls in SECTIONS.items()})
+    cfg = Config(**{name: (_build_model(raw.get(name), src) if cls is ModelConfig else
+                           _build(cls, raw.get(name), name, src)) for name, cls in SECTIONS.items()})
     _check_consistency(cfg, src, require_data)
     if resolve_paths:
         _resolve_paths(cfg)
@@ -607,18 +878,7 @@ def _check_consistency(cfg: Config, src: _Source, require_data: bool) -> None:
                               f"is generated; got data.weights={cfg.data.weights!r}")
         if cfg.data.variable != "X":
             raise ConfigError(f"data.variable must be 'X' for generated data; got {cfg.data.variable!r}")
-    if cfg.model.kind in HMM_KINDS:
-        m = cfg.model
-        if isinstance(m.n_components, list):
-            raise ConfigError(f"model.n_components must be a single integer for model.kind={m.kind}; "
-                              f"got {m.n_components}")
-        for key, value, default in (("model.missing", m.missing, "error"), ("data.weights", cfg.data.weights, None),
-                                    ("fit.beta_init", cfg.fit.beta_init, None)):
-            if value != default:
-                raise ConfigError(f"{key} is not available for model.kind={m.kind}; got {value!r}")
-        if gen is not None:
-            raise ConfigError(f"data.generate writes Gaussian-mixture data, not sequences for model.kind={m.kind}: "
-                              "write them with dem.data.sequences.generate_hmm_dataset")
+    _check_kind_takes_keys(cfg, src)
     sec = cfg.cluster.security
     if sec is not None:
         if cfg.cluster.address is None or not cfg.cluster.address.startswith("tls://"):
@@ -627,6 +887,44 @@ def _check_consistency(cfg: Config, src: _Source, require_data: bool) -> None:
         for name in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
             if getattr(sec, name) is None:
                 raise ConfigError(f"cluster.security.{name} is required when cluster.security is set")
+
+
+def _check_kind_takes_keys(cfg: Config, src: _Source) -> None:
+    """Keys set for a family that does not take them are refused; the estimator checks the rest."""
+    cls = cfg.estimator_class()
+    kind = cfg.model.kind
+    defaults = Config(model=ModelConfig(kind))
+    names = set(cls._get_param_names())
+    from dem.estimator.base import SHARED_CONFIG_PARAMS
+
+    for dotted, param in {**SHARED_CONFIG_PARAMS, **_MIXTURE_FIT_KEYS}.items():
+        taken = dotted not in cls._config_excluded and (cls._max_iter_param if param == "max_iter" else param) in names
+        if not taken and cfg.value(dotted) != defaults.value(dotted):
+            raise ConfigError(f"{dotted} is not available for model.kind={kind}; got {_show(cfg.value(dotted))} "
+                              f"in {src.of(dotted)}")
+    for dotted in ("data.weights", "data.target"):
+        if cfg.value(dotted) is not None and dotted not in cls._config_fit_arguments:
+            raise ConfigError(f"{dotted} is not available for model.kind={kind}; got {_show(cfg.value(dotted))} "
+                              f"in {src.of(dotted)}")
+    if cfg.data.variable != "X" and "data.variable" not in cls._config_fit_arguments:
+        raise ConfigError(f"data.variable is not available for model.kind={kind}; got {_show(cfg.data.variable)}")
+    if cfg.data.generate is not None and not cls._config_generates_data:
+        raise ConfigError(f"data.generate writes Gaussian-mixture data, not data for model.kind={kind}: write it "
+                          f"with `dem generate PATH --kind {kind} ...` and set data.path")
+    # Every value the estimator takes is checked with its own constraints, named by its key here.
+    for dotted, param in _shared_params(cls).items():
+        if param in names and dotted not in ("output.run_dir", "data.storage_options"):
+            _check_parameter(cls, param, cfg.value(dotted), dotted, src)
+    est = cfg.make_estimator()
+    try:
+        est._check_parameters()
+    except ConfigError as exc:  # a combination of values: name the config key
+        message = str(exc)
+        for key, ck in _model_keys(kind).items():
+            if message.startswith(ck.param + " "):
+                message = f"model.{key}{message[len(ck.param):]} in {src.of('model.' + key)}"
+                break
+        raise ConfigError(message) from None
 
 
 def _resolve(path: str) -> str:
@@ -638,6 +936,8 @@ def _resolve(path: str) -> str:
 def _resolve_paths(cfg: Config) -> None:
     if cfg.data.path is not None:
         cfg.data.path = _resolve(cfg.data.path)
+    if cfg.data.generate is not None and cfg.data.generate.path is not None:
+        cfg.data.generate.path = _resolve(cfg.data.generate.path)
     cfg.output.run_dir = _resolve(cfg.output.run_dir)
     sec = cfg.cluster.security
     if sec is not None:

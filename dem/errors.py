@@ -6,6 +6,19 @@ line and exits non-zero without a traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def plain_repr(value: Any) -> str:
+    """``repr(value)`` for messages, numpy scalars shown as the number they hold.
+
+    numpy 2 writes ``np.float64(-1.0)`` for ``repr(np.float64(-1.0))``; a
+    user who passed -1 should read ``-1.0``.
+    """
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
+    return repr(value)
+
 
 class DemError(Exception):
     """Base class of every error dem reports to a user as one line."""
@@ -29,3 +42,20 @@ class CheckpointError(DemError):
 
 class EmptyComponentWarning(UserWarning):
     """A component lost all its responsibility; it kept its previous mean and covariance."""
+
+
+class OutputExistsError(DataError, ConfigError):
+    """An output path already exists and overwriting was not asked for.
+
+    Both a :class:`DataError` and a :class:`ConfigError` (what the writers
+    raised before it existed). The message names Python's ``overwrite=True``;
+    :attr:`cli_message` names the command line's ``--overwrite`` instead.
+    """
+
+    def __init__(self, path: str, problem: str = "already exists") -> None:
+        self.path, self.problem = path, problem
+        super().__init__(f"{path!r} {problem}; remove it or pass overwrite=True")
+        self.cli_message = f"{path!r} {problem}; remove it or add --overwrite"
+
+    def __reduce__(self) -> tuple:  # raised in tasks too: rebuild from the path, not the message
+        return (type(self), (self.path, self.problem))

@@ -13,6 +13,14 @@ from typing import Any
 
 
 from dem.errors import CheckpointError
+from dem.estimator.integrity import (  # noqa: F401  (the integrity API, public here)
+    CHECKSUM_ATTR,
+    collect_stale_temporaries,
+    model_checksum,
+    verify_model,
+    with_checksum,
+    write_atomically,
+)
 
 MODEL_DIRNAME = "model.zarr"
 
@@ -56,13 +64,6 @@ def load(path: str, *, storage_options: dict | None = None) -> Any:
     persistence.check_version(path, ds)
     cls = registry.estimator_class(ds.attrs.get("model_kind"), where=path)
     return persistence.restore(cls, path, ds)
-
-
-def write_atomically(ds: Any, path: str, storage_options: dict | None = None) -> None:
-    """Write a Dataset as a Zarr group atomically where the filesystem allows (see persistence)."""
-    from dem.estimator.persistence import write_atomically as write
-
-    write(ds, path, storage_options)
 
 
 def params_dataset(est: Any) -> Any:

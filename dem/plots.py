@@ -71,6 +71,10 @@ class ConvergenceData:
     endpoints: list[tuple[int, int, float, bool]] = dataclasses.field(default_factory=list)
     tol: float | None = None
     converged: bool | None = None
+    #: Legend of the tol line, when ``tol`` is not what the user set (HMMs: tol on the total per step).
+    tol_label: str | None = None
+    #: y label of the |Δ| panel (default ``|Δ mean log-likelihood|``).
+    delta_label: str | None = None
 
 
 def _records(history: Any) -> list[dict]:
@@ -145,10 +149,12 @@ def _read_run_dir(url: str, storage_options: dict | None,
     if found is not None:
         meta = found[0] or {}
     tol = None
+    kind = "gmm"
     if store.exists("config.yaml"):
         try:
             cfg = yaml.safe_load(store.read_bytes("config.yaml").decode("utf-8")) or {}
             tol = (cfg.get("fit") or {}).get("tol")
+            kind = str((cfg.get("model") or {}).get("kind") or "gmm")
         except Exception:
             tol = None
     data = ConvergenceData([], tol=None if tol is None else float(tol))
@@ -158,6 +164,11 @@ def _read_run_dir(url: str, storage_options: dict | None,
         if isinstance(final, dict):
             final = final.get("history", [])
         final = _records(final)
+    if kind.endswith("_hmm"):
+        records = final if final is not None else _records((meta.get("best") or meta.get("current") or {})
+                                                           .get("history"))
+        _per_step_tol(data, records)
+        tol = data.tol
     members = meta.get("members")
     if members:
         # Restarts that share data passes: every member's full state is in the checkpoint.
@@ -196,11 +207,26 @@ def _read_run_dir(url: str, storage_options: dict | None,
     if meta.get("best") and data.curves and data.curves[0].best:
         data.converged = bool(meta["best"].get("converged"))
     elif final and tol is not None and final[-1].get("delta") is not None:
-        data.converged = abs(final[-1]["delta"]) < float(tol)
+        data.converged = abs(final[-1]["delta"]) < float(tol)  # per step for HMMs (_per_step_tol)
     _from_restart_summaries(data, meta.get("restarts") or [], extra)
     if not data.curves and not data.endpoints:
         raise FileNotFoundError(f"no history in {url!r}: neither history.json nor a checkpoint")
     return data
+
+
+def _per_step_tol(data: ConvergenceData, history: Sequence[Mapping]) -> None:
+    """An HMM's ``tol`` (hmmlearn's rule, on the total log-likelihood) as the per-step Δ it means.
+
+    The curves show the mean log-likelihood per time step; the fit stopped
+    when the total gained less than ``tol``, i.e. Δ per step < tol / steps.
+    """
+    n_rows = next((int(h["n_rows"]) for h in reversed(list(history)) if h.get("n_rows")), None)
+    if not data.tol or not n_rows:
+        return
+    total = data.tol
+    data.tol = total / n_rows
+    data.tol_label = f"tol = {total:g} on the total log-likelihood = {data.tol:.2g} per step"
+    data.delta_label = "|Δ mean log-likelihood per step|"
 
 
 def convergence_data(source: Any, *, storage_options: dict | None = None,
@@ -212,9 +238,15 @@ def convergence_data(source: Any, *, storage_options: dict | None = None,
         return _read_run_dir(os.fspath(source), storage_options, restart_histories)
     if hasattr(source, "history_"):
         best = int(getattr(source, "best_restart_", 0) or 0)
+        monitor = getattr(source, "monitor_", None)  # an HMM: hmmlearn's names
+        converged = getattr(source, "converged_", None)
+        if converged is None and monitor is not None:
+            converged = getattr(monitor, "converged", False)
         data = ConvergenceData([Curve(best, _records(source.history_), best=True)],
                                tol=float(getattr(source, "tol", 0.0) or 0.0) or None,
-                               converged=bool(getattr(source, "converged_", False)))
+                               converged=bool(converged))
+        if monitor is not None:
+            _per_step_tol(data, data.curves[0].history)
         _from_restart_summaries(data, getattr(source, "restarts_", None) or [], restart_histories)
         return data
     if isinstance(source, Mapping):
@@ -278,10 +310,13 @@ def plot_convergence(source: Any, ax: Any = None, *, storage_options: dict | Non
     curves = sorted(data.curves, key=lambda c: (c.best, c.restart))  # best drawn last, on top
     others = iter(_OTHER_COLOURS * 4)
     resumed_at: set[int] = set()
+    iterations: set[int] = {int(n) for _, n, _, _ in data.endpoints}
+    deltas: list[float] = []
     for c in curves:
         if not c.history:
             continue
         it = np.array([h["iteration"] for h in c.history], dtype=float)
+        iterations.update(int(h["iteration"]) for h in c.history)
         ll = np.array([objective_of(h) for h in c.history], dtype=float)
         colour = _BEST_COLOUR if c.best else next(others)
         label = (c.label + (" (best)" if c.best else "")) if several else "mean log-likelihood"
@@ -292,6 +327,7 @@ def plot_convergence(source: Any, ax: Any = None, *, storage_options: dict | Non
             if d_rec:
                 dx = np.array([r[0] for r in d_rec], dtype=float)
                 dy = np.array([r[1] for r in d_rec], dtype=float)
+                deltas.extend(float(v) for v in np.abs(dy) if np.isfinite(v) and v > 0)
                 ax_d.plot(dx, np.abs(dy), "o", color=colour, gid=f"delta-restart-{c.restart}", **style)
                 down = dy < 0
                 if down.any():
@@ -315,22 +351,32 @@ def plot_convergence(source: Any, ax: Any = None, *, storage_options: dict | Non
     ax_ll.set_ylabel("mean log-likelihood")
     ax_ll.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax_ll.grid(True, alpha=0.3)
-    ax_ll.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _integer_iterations(ax_ll, iterations, MaxNLocator)
     n_best = next((len(c.history) for c in data.curves if c.best), 0)
     title = "EM convergence"
     if data.converged is not None and n_best:
-        title += f": {'converged' if data.converged else 'not converged'} after {n_best} iterations"
+        title += (f": {'converged' if data.converged else 'not converged'} after {n_best} "
+                  f"iteration{'' if n_best == 1 else 's'}")
     ax_ll.set_title(title)
     if several or resumed_at:
         ax_ll.legend(loc="lower right", fontsize=8, framealpha=0.9)
     if ax_d is not None:
         ax_d.set_yscale("log")
+        if not deltas:
+            # One iteration has no Δ yet: without points (and with only the tol
+            # line) matplotlib would warn about identical, singular limits, so
+            # the limits are fixed before anything is drawn.
+            centre = data.tol or 1e-3
+            ax_d.set_ylim(centre / 100, centre * 100)
+            ax_d.text(0.5, 0.5, "Δ needs two iterations", transform=ax_d.transAxes, ha="center", va="center",
+                      color="#6c6c6c", gid="no-delta")
         if data.tol:
-            ax_d.axhline(data.tol, color="#2ca02c", ls=":", lw=1.5, gid="tol", label=f"tol = {data.tol:g}")
-        ax_d.set_ylabel("|Δ mean log-likelihood|")
+            ax_d.axhline(data.tol, color="#2ca02c", ls=":", lw=1.5, gid="tol",
+                         label=data.tol_label or f"tol = {data.tol:g}")
+        ax_d.set_ylabel("|Δ mean log-likelihood|" if data.delta_label is None else data.delta_label)
         ax_d.set_xlabel("iteration")
         ax_d.grid(True, which="major", alpha=0.3)
-        ax_d.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_iterations(ax_d, iterations, MaxNLocator)
         handles, labels = ax_d.get_legend_handles_labels()
         if handles:
             unique = dict(zip(labels, handles))
@@ -338,6 +384,21 @@ def plot_convergence(source: Any, ax: Any = None, *, storage_options: dict | Non
     else:
         ax_ll.set_xlabel("iteration")
     return fig
+
+
+def _integer_iterations(ax: Any, iterations: set[int], locator: Any) -> None:
+    """Whole-number iteration ticks, also for one or two iterations.
+
+    ``MaxNLocator(integer=True)`` still picks fractional ticks when the axis
+    spans less than one (a single iteration), so short fits get their
+    iterations as explicit ticks and half an iteration of room either side.
+    """
+    if iterations and max(iterations) - min(iterations) < 10:
+        lo, hi = min(iterations), max(iterations)
+        ax.set_xlim(lo - 0.5, hi + 0.5)
+        ax.set_xticks(range(lo, hi + 1))
+    else:
+        ax.xaxis.set_major_locator(locator(integer=True))
 
 
 # -- components -----------------------------------------------------------------
@@ -603,16 +664,30 @@ def _write_bytes(path: str, data: bytes, storage_options: dict | None) -> None:
         fs.pipe_file(p, data)
         return
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # a full disk must not leave half a picture behind
+        raise
+
+
+def is_mixture(estimator: Any) -> bool:
+    """Whether :func:`plot_components` can draw ``estimator`` (a fitted Gaussian mixture, not an HMM)."""
+    return (all(hasattr(estimator, a) for a in ("weights_", "means_", "covariances_", "covariance_type"))
+            and not hasattr(estimator, "monitor_") and np.ndim(estimator.means_) == 2)
 
 
 def write_run_pictures(estimator: Any, run_dir: str, data: Any = None, *, variable: str | None = None,
                        storage_options: dict | None = None, convergence_source: Any = None,
                        restart_histories: Mapping[int, Sequence] | None = None,
                        n_rows: int = SAMPLE_ROWS) -> list[str]:
-    """Write ``convergence.png`` and ``components.png`` into ``run_dir``; returns their paths.
+    """Write ``convergence.png`` (every model kind) and ``components.png`` (Gaussian mixtures) into ``run_dir``.
+
+    Returns the paths written. HMMs get only the convergence picture
+    (:func:`plot_components` draws the ellipses of Gaussian mixtures).
 
     ``data`` (a Zarr path/URL or an array) supplies the sample of at most
     ``n_rows`` rows drawn under the ellipses; ``projection="pca"`` is used
@@ -631,8 +706,8 @@ def write_run_pictures(estimator: Any, run_dir: str, data: Any = None, *, variab
     fig = plot_convergence(source, storage_options=storage_options, restart_histories=restart_histories)
     _write_bytes(join(CONVERGENCE_PNG), _png_bytes(fig), storage_options)
     written.append(join(CONVERGENCE_PNG))
-    if not all(hasattr(estimator, a) for a in ("weights_", "means_", "covariances_", "covariance_type")):
-        return written  # not a Gaussian mixture: no ellipses to draw
+    if not is_mixture(estimator):
+        return written  # an HMM: states have no one picture in feature space
     sample = None
     if data is not None:
         sample = sample_rows(data, n_rows, variable=variable, storage_options=storage_options)

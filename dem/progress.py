@@ -55,6 +55,11 @@ def format_seconds(seconds: float | None) -> str:
     return f"{h} h {rem // 60:02d} min"
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``1 partition``, ``2 partitions``: the count and the noun in the right number."""
+    return f"{n:,} {noun if n == 1 else (nouns or noun + 's')}"
+
+
 def format_delta(delta: Any) -> str:
     if delta is None or (isinstance(delta, float) and (math.isinf(delta) or math.isnan(delta))):
         return "-"
@@ -243,14 +248,24 @@ class ProgressDisplay:
         display prints the ``start`` event's link once otherwise).
     live : bool, optional
         Force live (True) or plain (False) mode.
+    tol_on_total : bool
+        ``tol`` is tested on the change of the *total* log-likelihood
+        (hmmlearn's rule, dem's HMMs) rather than of the mean per sample
+        (scikit-learn's, dem's mixtures). The display shows Δ per sample (per
+        time step) either way, and says which test ``tol`` is.
     """
 
     def __init__(self, console: Console | None = None, *, tol: float | None = None,
-                 dashboard_printed: bool = False, live: bool | None = None, recent_rows: int = 8) -> None:
+                 dashboard_printed: bool = False, live: bool | None = None, recent_rows: int = 8,
+                 tol_on_total: bool = False) -> None:
         self.console = console if console is not None else Console(highlight=False, markup=False)
         self.live_mode = self.console.is_terminal if live is None else live
         self.live: Any = None
         self.progress = FitProgress(tol=tol)
+        self.tol = tol
+        self.tol_on_total = tol_on_total
+        #: What tol tests, shown in the live panel (set at the start event).
+        self.tol_text = "" if not tol else f"tol {tol:g}"
         self.rows: list[dict] = []
         self.dashboard_printed = dashboard_printed
         self.saw_iterations = False
@@ -287,10 +302,15 @@ class ProgressDisplay:
             self.console.print(f"dashboard: {link}")
             self.dashboard_printed = True
         n = info.get("n_samples")
+        parts = info.get("n_partitions")
         self.console.print(
             f"fitting {'?' if n is None else format(n, ',')} rows × {info.get('n_features', '?')} features in "
-            f"{info.get('n_partitions', '?')} partitions (n_init={self.n_init}, max_iter={info.get('max_iter')})"
+            f"{'? partitions' if parts is None else plural(int(parts), 'partition')} "
+            f"(n_init={self.n_init}, max_iter={info.get('max_iter')})"
         )
+        rule = self._tol_rule(n)
+        if rule:
+            self.console.print(rule)
         if info.get("resumed_from"):
             self.console.print(f"resuming from checkpoint {info['resumed_from']}")
         if self.live_mode and self.live is None:
@@ -307,6 +327,22 @@ class ProgressDisplay:
             self.live.update(self.render(), refresh=True)
         else:
             self.console.print(self.line(info))
+
+    def _tol_rule(self, n_samples: Any) -> str:
+        """The convergence test in words; for an HMM also the per-step Δ it amounts to."""
+        tol = self.tol
+        if not tol:
+            return ""
+        if not self.tol_on_total:
+            return f"converged when |Δ mean log-likelihood| < tol = {tol:g}"
+        if not n_samples:
+            return (f"converged when the total log-likelihood gains less than tol = {tol:g} "
+                    "(hmmlearn's rule; Δ below is per time step)")
+        per_step = tol / int(n_samples)
+        self.progress.tol = per_step  # marks and time left compare the Δ shown, per step
+        self.tol_text = f"tol {tol:g} on the total = {per_step:.2g} per step"
+        return (f"converged when the total log-likelihood gains less than tol = {tol:g} (hmmlearn's rule), "
+                f"i.e. Δ per time step < {per_step:.2g} over {int(n_samples):,} steps")
 
     # -- plain mode -----------------------------------------------------------
 
@@ -379,7 +415,7 @@ class ProgressDisplay:
         text.append("  Δ ", style="dim")
         text.append(format_delta(last.get("delta")), style="bold")
         if tol:
-            text.append(f"  tol {tol:g}", style="dim")
+            text.append(f"  {self.tol_text}", style="dim")
         return text
 
     def _recent_table(self) -> Table:

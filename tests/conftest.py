@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -74,3 +78,53 @@ def one_worker_client():
     finally:
         client.close()
         cluster.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_system_temp(tmp_path_factory: pytest.TempPathFactory):
+    """The system temporary directory of this session: a fresh one, removed at the end.
+
+    Things the tests start write there without a path of their own: the
+    notebooks' ``tempfile.mkdtemp()`` work folders, Dask's
+    ``dask-scratch-space`` (LocalCluster workers in this process and in every
+    `dem` subprocess), worker log folders. TMPDIR reaches subprocesses and
+    notebook kernels; ``tempfile.tempdir`` and Dask's ``temporary-directory``
+    this process. pytest's own ``tmp_path`` folders keep their usual place
+    (resolved first), where pytest prunes them.
+    """
+    import dask
+
+    tmp_path_factory.getbasetemp()
+    system = tempfile.gettempdir()
+    _remove_private_temps_of_dead_sessions(system)
+    private = tempfile.mkdtemp(prefix=f"dem-tests-{os.getpid()}-", dir=system)
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = private
+    tempfile.tempdir = private
+    try:
+        with dask.config.set({"temporary-directory": private}):
+            yield private
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _remove_private_temps_of_dead_sessions(system: str) -> None:
+    """A session killed before its teardown (SIGKILL, a CI timeout) leaves its directory: collect it."""
+    import glob
+    import re
+
+    for path in glob.glob(os.path.join(system, "dem-tests-*-*")):
+        m = re.fullmatch(r"dem-tests-(\d+)-.*", os.path.basename(path))
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live session

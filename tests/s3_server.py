@@ -160,7 +160,9 @@ def start_server(root: Path) -> S3Server:
     config = root / "s3.json"
     config.write_text(json.dumps(identities))
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
-    cmd = [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root / 'data'}",
+    # -logdir: glog would otherwise write weed.<host>.<user>.log.* files into the
+    # system temporary directory and leave them there.
+    cmd = [weed, f"-logdir={root}", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root / 'data'}",
            "-s3", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
            "-volume.max=0", "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0",
            *(f"-{flag}={port}" for flag, port in ports.items())]

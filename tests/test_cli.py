@@ -19,6 +19,7 @@ import yaml
 import zarr
 
 import dem
+import dem.errors
 from dem.data.generate import generate_dataset
 
 N_SAMPLES, N_FEATURES, N_COMPONENTS, CHUNK_ROWS = 20_000, 3, 3, 5_000
@@ -125,7 +126,7 @@ def test_info_shows_the_history(fitted_run) -> None:
     info = run_dem("info", "run", cwd=work)
     assert info.returncode == 0, info.stderr
     assert "history" in info.stdout and "mean log-likelihood" in info.stdout
-    assert "model: gmm, 3 components, full covariance" in info.stdout
+    assert "model: gmm (n_components 3, covariance_type 'full', reg_covar 1e-06, missing 'error')" in info.stdout
     table_rows = [line for line in info.stdout.splitlines() if f"{history[-1]['objective']:.6f}" in line]
     assert table_rows, info.stdout
     for h in history:
@@ -222,7 +223,7 @@ def test_wrong_variable_is_caught_before_anything_is_written(tmp_path: Path, dat
 def test_invalid_covariance_type(tmp_path: Path, dataset: Path, capsys, monkeypatch) -> None:
     write_config(tmp_path, dataset, model={"covariance_type": "fulll"})
     proc = run_main("fit", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
-    assert_one_line_error(proc, 1, "model.covariance_type must be one of full, tied, diag, spherical", "'fulll'")
+    assert_one_line_error(proc, 1, "model.covariance_type must be one of diag, full, spherical, tied", "'fulll'")
     assert not (tmp_path / "run").exists()
 
 
@@ -263,3 +264,107 @@ def test_nan_in_data_names_the_row(tmp_path: Path) -> None:
     assert last.startswith("error: ") and "NaN" in last and "row 2345" in last, proc.stderr
     # Nothing to resume: the failed run leaves no run directory behind.
     assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_chunk_read_in_a_task_is_one_line(tmp_path: Path) -> None:
+    # issue 17 item 6: this used to be a 130-line traceback ending in "Zstd decompression error".
+    data = tmp_path / "damaged.zarr"
+    generate_dataset(data, 4_000, 2, 2, chunk_rows=1_000, seed=1)
+    # Chunk 1 (rows 1000-1999): not among the rows the fingerprint samples on the driver,
+    # so the first read of it is in a worker's task.
+    chunk = data / "X" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    write_config(tmp_path, data, model={"n_components": 2}, cluster={"n_workers": 1},
+                 fit={"partition_rows": 1_000})
+    proc = run_dem("fit", cwd=tmp_path)
+    line = assert_one_line_error(proc, 1, f"cannot read {chunk} (rows 1000–1999 of Zarr array {data}/X)",
+                                 "the chunk is damaged or truncated")
+    assert not (tmp_path / "run").exists(), line
+
+
+# -- issue 17 item 4: data.generate never turns a typo into a dataset --------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_mistyped_data_path_with_the_demo_config_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
+    # The issue's reproduction: this used to write 92 MiB of synthetic data at the typo and fit it.
+    proc = run_main("fit", str(REPO / "config.yaml"), "--set", "data.path=data/demo.zar", cwd=tmp_path,
+                    capsys=capsys, monkeypatch=monkeypatch)
+    assert_one_line_error(proc, 1, f"data.path '{tmp_path}/data/demo.zar' does not exist, and data.generate only "
+                                   f"creates data at data.generate.path '{tmp_path}/data/demo.zarr': "
+                                   "check data.path for a typo")
+    assert list(tmp_path.iterdir()) == []  # neither data nor a run directory
+
+
+def test_the_demo_config_generates_at_its_own_path(tmp_path: Path, monkeypatch) -> None:
+    from dem.cli import _preflight_data
+    from dem.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    assert _preflight_data(load_config(REPO / "config.yaml")) is True  # data/demo.zarr: generate it
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generating_without_generate_path_is_said_loudly_and_recorded(tmp_path: Path) -> None:
+    data = tmp_path / "made.zarr"
+    write_config(tmp_path, data, data={"generate": {"n_samples": 2_000, "n_features": 2, "n_components": 2,
+                                                    "chunk_rows": 500, "seed": 3}},
+                 model={"n_components": 2}, cluster={"n_workers": 1}, fit={"partition_rows": 500})
+    proc = run_dem("fit", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (f"warning: data.path {data} does not exist: generating SYNTHETIC data there (data.generate; "
+            "set data.generate.path to refuse a mistyped data.path instead)") in proc.stderr.splitlines()
+    assert zarr.open_group(str(data), mode="r")["X"].shape == (2_000, 2)
+    record = json.loads((tmp_path / "run" / "data_generated.json").read_text())
+    assert record["path"] == str(data) and record["settings"]["n_samples"] == 2_000
+    assert record["settings"]["seed"] == 3
+    info = run_dem("info", "run", cwd=tmp_path)
+    assert info.returncode == 0, info.stderr
+    assert (f"data generated by this run: SYNTHETIC data written to {data} at {record['generated_at']} "
+            "(data.generate: 2000 rows, 2 components, seed 3)") in info.stdout
+
+
+# -- issue 17 items 10 and 17: messages ----------------------------------------------------
+
+def test_a_scheduler_address_without_a_port_is_one_line(tmp_path: Path, dataset: Path, capsys,
+                                                        monkeypatch) -> None:
+    write_config(tmp_path, dataset)
+    proc = run_main("fit", "--set", "cluster.address=notanaddress", cwd=tmp_path, capsys=capsys,
+                    monkeypatch=monkeypatch)
+    assert_one_line_error(proc, 1, "cluster.address must be null or a scheduler address like tcp://host:8786 "
+                                   "or tls://host:8786; got 'notanaddress' (str) in --set")
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_outputs_name_the_command_line_flag(tmp_path: Path, capsys, monkeypatch) -> None:
+    kw = dict(cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    args = ("generate", "g.zarr", "--samples", "100", "--features", "2", "--components", "2")
+    assert run_main(*args, **kw).returncode == 0
+    assert_one_line_error(run_main(*args, **kw), 1,
+                          f"'{tmp_path / 'g.zarr'}' already exists; remove it or add --overwrite")
+    assert run_main(*args, "--overwrite", **kw).returncode == 0
+    # From Python the same error names the keyword argument.
+    with pytest.raises(dem.errors.DataError, match=r"already exists; remove it or pass overwrite=True$"):
+        generate_dataset(tmp_path / "g.zarr", 100, 2, 2)
+
+
+def test_numbers_in_messages_are_plain_numbers(tmp_path: Path) -> None:
+    with pytest.raises(dem.errors.ConfigError) as info:
+        generate_dataset(tmp_path / "s.zarr", 100, 2, 2, separation=np.float64(-1.0))
+    assert str(info.value) == "separation must be a finite number > 0; got -1.0"  # not np.float64(-1.0)
+    with pytest.raises(dem.errors.ConfigError) as info:
+        generate_dataset(tmp_path / "s.zarr", np.int64(0), 2, 2)
+    assert str(info.value) == "n_samples must be an integer >= 1; got 0"
+
+
+def test_a_one_iteration_fit_speaks_in_the_singular_and_draws_whole_ticks(tmp_path: Path, dataset: Path) -> None:
+    write_config(tmp_path, dataset, fit={"max_iter": 1, "partition_rows": N_SAMPLES})
+    proc = run_dem("fit", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"fitting {N_SAMPLES:,} rows × {N_FEATURES} features in 1 partition (n_init=1, max_iter=1)" \
+        in proc.stdout
+    assert "did not converge after 1 iteration in " in proc.stdout
+    assert f"pictures: {tmp_path / 'run' / 'convergence.png'}, {tmp_path / 'run' / 'components.png'}" \
+        in proc.stdout
+    assert "singular" not in proc.stderr and "Traceback" not in proc.stderr

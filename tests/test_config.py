@@ -178,7 +178,7 @@ def test_wrong_type_names_key_expectation_and_value(tmp_path: Path, text: str, k
 
 @pytest.mark.parametrize("override, key, expected", [
     ("model.n_components=0", "model.n_components", "an integer >= 1 or a list of them"),
-    ("model.n_components=[2,2]", "model.n_components", "a list without repeated values"),
+
     ("fit.beta_init=1.5", "fit.beta_init", "a number in (0, 1] or null"),
     ("fit.max_iter=-5", "fit.max_iter", "an integer >= 1"),
     ("fit.fan_in=1", "fit.fan_in", "an integer >= 2"),
@@ -194,14 +194,20 @@ def test_out_of_range(tmp_path: Path, override: str, key: str, expected: str) ->
     assert msg.endswith("in --set")
 
 
+def test_a_repeated_candidate_k_names_the_key(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, "data: {path: d.zarr}\n", ["model.n_components=[2,2]"])
+    assert msg == "model.n_components lists a value twice: [2, 2] in --set"
+
+
 def test_invalid_covariance_type_lists_choices(tmp_path: Path) -> None:
     msg = error_of(tmp_path, "data: {path: d.zarr}\nmodel: {covariance_type: ful}\n")
-    assert msg == "model.covariance_type must be one of full, tied, diag, spherical; got 'ful' (str) in config.yaml"
+    assert msg == "model.covariance_type must be one of diag, full, spherical, tied; got 'ful' (str) in config.yaml"
 
 
 def test_invalid_choices(tmp_path: Path) -> None:
-    assert "model.kind must be one of gmm" in error_of(tmp_path, "data: {path: d.zarr}\nmodel: {kind: hmm}\n")
-    assert "fit.init_params must be one of k-means||, kmeans, k-means++" in error_of(
+    assert "model.kind must be one of categorical_hmm, gaussian_hmm, gmm, gmm_hmm" in error_of(
+        tmp_path, "data: {path: d.zarr}\nmodel: {kind: hmm}\n")
+    assert "fit.init_params must be one of k-means++, k-means||, kmeans, random, random_from_data" in error_of(
         tmp_path, "data: {path: d.zarr}\nfit: {init_params: best}\n")
     assert "data.generate.dtype must be one of float32, float64" in error_of(
         tmp_path, "data: {path: d.zarr, generate: {n_samples: 9, n_features: 2, n_components: 2, dtype: int8}}\n")
@@ -243,3 +249,47 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+# -- issue 17: duplicate keys, scheduler addresses, listening interfaces ------
+
+def test_duplicate_section_is_refused_naming_key_and_both_lines(tmp_path: Path) -> None:
+    text = "data:\n  path: d.zarr\nfit:\n  tol: 0.5\nmodel:\n  n_components: 2\nfit:\n  max_iter: 3\n"
+    msg = error_of(tmp_path, text)
+    assert msg == (f"{tmp_path / 'config.yaml'}: key 'fit' appears twice, at lines 3 and 7; "
+                   "keep one (YAML would silently use the last)")
+
+
+def test_duplicate_nested_key_is_refused_with_its_dotted_name(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, "data: {path: d.zarr}\nfit:\n  tol: 0.5\n  max_iter: 4\n  tol: 0.1\n")
+    assert "key 'fit.tol' appears twice, at lines 3 and 5" in msg
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "data: {path: d.zarr}\nfit:\n  <<: {max_iter: 7, tol: 0.5}\n  tol: 0.25\n"))
+    assert cfg.fit.max_iter == 7 and cfg.fit.tol == 0.25
+
+
+@pytest.mark.parametrize("address", ["notanaddress", "tcp://scheduler", "scheduler:port", "tcp://host:99999",
+                                     "tcp://:8786"])
+def test_scheduler_address_without_host_and_port_is_refused(tmp_path: Path, address: str) -> None:
+    msg = error_of(tmp_path, "data: {path: d.zarr}\n", [f"cluster.address={address}"])
+    assert msg == ("cluster.address must be null or a scheduler address like tcp://host:8786 or "
+                   f"tls://host:8786; got {address!r} (str) in --set")
+
+
+@pytest.mark.parametrize("address", ["tcp://scheduler:8786", "scheduler:8786", "tls://10.0.0.1:8786",
+                                     "tcp://[::1]:8786", "inproc://192.168.1.1/123/4"])
+def test_valid_scheduler_addresses_pass(tmp_path: Path, address: str) -> None:
+    assert load_config(write(tmp_path, "data: {path: d.zarr}\n"), [f"cluster.address={address}"]
+                       ).cluster.address == address
+
+
+def test_embedded_cluster_listens_on_loopback_by_default(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "data: {path: d.zarr}\n"))
+    assert cfg.cluster.host == "127.0.0.1" and cfg.cluster.dashboard_address is None
+    cfg = load_config(write(tmp_path, "data: {path: d.zarr}\n"),
+                      ["cluster.host=0.0.0.0", "cluster.dashboard_address='0.0.0.0:8787'"])
+    assert cfg.cluster.host == "0.0.0.0" and cfg.cluster.dashboard_address == "0.0.0.0:8787"
+    msg = error_of(tmp_path, "data: {path: d.zarr}\n", ["cluster.dashboard_address=8787"])
+    assert msg.startswith("cluster.dashboard_address must be null or host:port")

@@ -203,3 +203,40 @@ def test_write_run_pictures(blobs, tmp_path):
     assert [p.rsplit("/", 1)[-1] for p in written] == ["convergence.png", "components.png"]
     for p in written:
         _check_png(p)
+
+
+# -- issue 17 item 17: short fits and HMMs ------------------------------------------------
+
+def test_a_one_iteration_fit_has_whole_number_ticks_and_no_warning(blobs, tmp_path):
+    X, _ = blobs
+    est = _fit(X, max_iter=1)
+    assert len(est.history_) == 1 and est.history_[0]["delta"] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib used to warn about singular y limits
+        fig = plot_convergence(est)
+        fig.savefig(tmp_path / "one.png")
+    for ax in fig.axes:
+        assert list(ax.get_xticks()) == [1.0]
+    assert fig.axes[0].get_title() == "EM convergence: not converged after 1 iteration"
+    _check_png(tmp_path / "one.png")
+
+
+def test_a_three_iteration_fit_ticks_each_iteration(blobs):
+    X, _ = blobs
+    fig = plot_convergence(_fit(X, max_iter=3, tol=0.0))
+    assert list(fig.axes[0].get_xticks()) == [1.0, 2.0, 3.0]
+
+
+def test_an_hmm_draws_its_tol_as_the_per_step_threshold(tmp_path):
+    from dem import GaussianHMM
+
+    X = np.random.default_rng(3).normal(size=(300, 2))
+    est = GaussianHMM(2, n_iter=4, tol=0.5, random_state=0).fit(X, [100, 200])
+    fig = plot_convergence(est)
+    # hmmlearn's rule: the total log-likelihood gains less than tol, i.e. Δ per step < tol / 300.
+    np.testing.assert_allclose(_line(fig, "tol").get_ydata(), [0.5 / 300, 0.5 / 300])
+    assert _line(fig, "tol").get_label() == "tol = 0.5 on the total log-likelihood = 0.0017 per step"
+    assert fig.axes[1].get_ylabel() == "|Δ mean log-likelihood per step|"
+    written = write_run_pictures(est, str(tmp_path))
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["convergence.png"]  # components: mixtures only
+    _check_png(written[0])

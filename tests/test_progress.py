@@ -225,3 +225,35 @@ def test_info_summarises_a_resumed_run_with_restarts(blobs, tmp_path, capsys, mo
         assert f"{r['lower_bound']:.6f}" in restarts
     assert "(best)" in restarts
     assert f"pictures: {run / 'convergence.png'}, {run / 'components.png'}" in out
+
+
+# -- issue 17 item 17: what tol tests, and counts in words -----------------------------------
+
+def _plain(**kw):
+    buf = io.StringIO()
+    return buf, ProgressDisplay(Console(file=buf, width=300, highlight=False, markup=False), live=False, **kw)
+
+
+def test_start_line_counts_one_partition_in_the_singular_and_states_the_mixture_rule():
+    buf, display = _plain(tol=1e-3)
+    display("start", {"n_samples": 500, "n_features": 2, "n_partitions": 1, "max_iter": 10, "n_init": 1})
+    assert buf.getvalue().splitlines() == [
+        "fitting 500 rows × 2 features in 1 partition (n_init=1, max_iter=10)",
+        "converged when |Δ mean log-likelihood| < tol = 0.001"]
+
+
+def test_an_hmm_display_says_tol_is_on_the_total_and_judges_the_per_step_delta():
+    buf, display = _plain(tol=0.01, tol_on_total=True)
+    display("start", {"n_samples": 20_000, "n_features": 2, "n_partitions": 4, "max_iter": 50, "n_init": 1})
+    assert buf.getvalue().splitlines()[1] == (
+        "converged when the total log-likelihood gains less than tol = 0.01 (hmmlearn's rule), "
+        "i.e. Δ per time step < 5e-07 over 20,000 steps")
+    # Δ per step of 4e-7 is a total gain of 0.008 < 0.01: converged by hmmlearn's rule, as shown.
+    display("iteration", {"iteration": 1, "mean_log_likelihood": -2.0, "delta": None, "seconds": 0.1})
+    display("iteration", {"iteration": 2, "mean_log_likelihood": -2.0 + 4e-7, "delta": 4e-7, "seconds": 0.1})
+    assert display.progress.converged(0)
+    assert display.tol_text == "tol 0.01 on the total = 5e-07 per step"
+    buf, mixture = _plain(tol=0.01)
+    mixture("start", {"n_samples": 20_000, "n_partitions": 4, "max_iter": 50})
+    mixture("iteration", {"iteration": 2, "mean_log_likelihood": -2.0, "delta": 0.02, "seconds": 0.1})
+    assert not mixture.progress.converged(0)

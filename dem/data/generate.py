@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from dem.errors import ConfigError, DataError
+from dem.errors import ConfigError, DataError, OutputExistsError, plain_repr
 
 #: Default distance between the two closest means, in units of the largest
 #: standard deviation of any component along any direction.
@@ -51,7 +51,7 @@ BLOCK_ROWS = 16_384
 
 def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= {minimum}; got {plain_repr(value)}")
     return int(value)
 
 
@@ -196,7 +196,7 @@ def staging_target(path: str | os.PathLike, overwrite: bool,
     if not url:
         path = os.path.abspath(os.path.expanduser(path))
         if os.path.exists(path) and not overwrite:
-            raise DataError(f"{path!r} already exists; remove it or pass overwrite=True")
+            raise OutputExistsError(path)
     target = path if url else f"{path}.tmp-{os.getpid()}"
     if not url:
         _remove(target)
@@ -277,11 +277,11 @@ def generate_dataset(
     if n_threads is not None:
         n_threads = _check_positive_int("n_threads", n_threads)
     if str(dtype) not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {plain_repr(dtype)}")
     dtype = str(dtype)
     if isinstance(separation, bool) or not isinstance(separation, (int, float)) or not separation > 0 \
             or not math.isfinite(separation):
-        raise ConfigError(f"separation must be a finite number > 0; got {separation!r}")
+        raise ConfigError(f"separation must be a finite number > 0; got {plain_repr(separation)}")
     if n_components > n_samples:
         raise ConfigError(f"n_components ({n_components}) must not exceed n_samples ({n_samples})")
 
@@ -356,7 +356,7 @@ def _publish(tmp: str, path: str, overwrite: bool) -> None:
                 _remove(tmp)
                 return
             _remove(tmp)
-            raise DataError(f"{path!r} appeared while generating; remove it or pass overwrite=True")
+            raise OutputExistsError(path, "appeared while generating")
         old = f"{path}.old-{os.getpid()}"
         os.replace(path, old)
         os.replace(tmp, path)

@@ -79,6 +79,28 @@ def hashable_options(storage_options: dict[str, Any] | None) -> tuple[tuple[str,
     return tuple(sorted((k, _frozen(v)) for k, v in (storage_options or {}).items()))
 
 
+def normalise_location(url: str | os.PathLike) -> str:
+    """One spelling per location, so the same data named differently has one fingerprint.
+
+    A local path becomes absolute and normal (``good.zarr``, ``./good.zarr``,
+    ``sub/../good.zarr/``, ``~/good.zarr`` and ``file://`` URLs of it are one
+    path); symbolic links are kept, so a link's target may change without the
+    path changing. A URL keeps its host and case (object-store keys are case
+    sensitive) but loses spelling that names nothing: the scheme's case,
+    repeated slashes, ``.`` segments and a trailing slash (``..`` is kept:
+    in an object store it is part of a key, not the parent).
+    """
+    text = os.fspath(url)
+    if "://" not in text:
+        return os.path.abspath(os.path.expanduser(text))
+    scheme, rest = text.split("://", 1)
+    if scheme.lower() == "file":
+        return os.path.abspath(rest) if rest.startswith("/") else os.path.abspath(os.path.expanduser(rest))
+    host, _, path = rest.partition("/")
+    segments = [p for p in path.split("/") if p not in ("", ".")]
+    return f"{scheme.lower()}://{host}" + "".join(f"/{p}" for p in segments)
+
+
 @dataclasses.dataclass(frozen=True)
 class ZarrRows:
     """Where a task finds its rows: a Zarr array at ``url``/``path``."""
@@ -88,7 +110,44 @@ class ZarrRows:
     storage_options: tuple[tuple[str, Any], ...] = ()
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        return _open_zarr_array(self.url, self.path, self.storage_options)[start:stop]
+        """Rows ``start:stop``; a chunk that cannot be decoded is a :class:`DataError` naming it."""
+        arr = _open_zarr_array(self.url, self.path, self.storage_options)
+        try:
+            return arr[start:stop]
+        except MemoryError:
+            raise
+        except Exception as exc:
+            # The codec's own error ("Zstd decompression error") names no file
+            # and no rows, and arrives on the driver through a task traceback.
+            raise self._unreadable(arr, start, stop, exc) from None
+
+    def _unreadable(self, arr: Any, start: int, stop: int, exc: Exception) -> DataError:
+        """The first chunk of rows ``start:stop`` that fails on its own, as one line."""
+        where = f"{self.url.rstrip('/')}/{self.path}".rstrip("/")
+        chunk_rows, chunk_cols = int(arr.chunks[0]), int(arr.chunks[1]) if arr.ndim > 1 else 1
+        for i in range(start // chunk_rows, (max(start, stop - 1)) // chunk_rows + 1):
+            a, b = i * chunk_rows, min((i + 1) * chunk_rows, arr.shape[0])
+            for j in range(max(1, -(-arr.shape[1] // chunk_cols)) if arr.ndim > 1 else 1):
+                index = (slice(a, b), slice(j * chunk_cols, (j + 1) * chunk_cols))[: arr.ndim]
+                try:
+                    arr[index]
+                except MemoryError:
+                    raise
+                except Exception as chunk_exc:
+                    coords = (i, j)[: arr.ndim]
+                    try:
+                        key = arr.metadata.encode_chunk_key(coords)
+                    except Exception:  # another zarr version: name the chunk by its grid position
+                        key = "chunk " + ".".join(map(str, coords))
+                    return DataError(f"cannot read {where}/{key} (rows {a}–{b - 1} of Zarr array {where}): "
+                                     f"{_first_line(chunk_exc)}; the chunk is damaged or truncated: "
+                                     "restore or rewrite the data")
+        return DataError(f"cannot read rows {start}–{stop - 1} of Zarr array {where}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 @functools.lru_cache(maxsize=32)
@@ -341,6 +400,11 @@ def from_zarr(
     import zarr
 
     url = str(url)
+    # Local paths are read (and fingerprinted) by their absolute form; URLs are
+    # read as given, fingerprinted by their normal spelling.
+    location = normalise_location(url)
+    if "://" not in url:
+        url = location
     opts = hashable_options(storage_options)
     if "://" not in url and not os.path.exists(url):
         raise DataError(f"no Zarr data at {url!r}: the path does not exist")
@@ -386,7 +450,7 @@ def from_zarr(
             feature_names = None
     return PartitionedData(
         n, d, np.dtype(arr.dtype), bounds, x_refs, w_refs,
-        f"zarr {url}" + (f"/{path}" if path else ""), chunk_rows,
+        f"zarr {location}" + (f"/{path}" if path else ""), chunk_rows,
         feature_names=feature_names, zarr_source=source, weights_source=wsource,
     )
 

@@ -61,9 +61,10 @@ from dem.data.partitions import (
     PartitionedData,
     ZarrRows,
     auto_partition_bytes,
+    normalise_location,
     read_partition,
 )
-from dem.errors import ConfigError, DataError
+from dem.errors import ConfigError, DataError, OutputExistsError, plain_repr
 
 KINDS: tuple[str, ...] = ("gaussian", "categorical", "gmm")
 
@@ -166,7 +167,7 @@ def target_partition_rows(n_rows: int, row_bytes: int, partition_rows: int | Non
     if partition_rows is not None:
         if isinstance(partition_rows, bool) or not isinstance(partition_rows, (int, np.integer)) \
                 or partition_rows <= 0:
-            raise ConfigError(f"partition_rows must be a positive integer; got {partition_rows!r}")
+            raise ConfigError(f"partition_rows must be a positive integer; got {plain_repr(partition_rows)}")
         return int(partition_rows)
     row_bytes = max(1, int(row_bytes))
     return max(1, auto_partition_bytes(n_rows * row_bytes) // row_bytes)
@@ -310,6 +311,9 @@ def from_zarr(url: str, *, symbols: bool = False, row_bytes: Any = None,
     import zarr
 
     url = os.fspath(url)
+    location = normalise_location(url)  # one fingerprint however the path is spelled
+    if "://" not in url:
+        url = location
     opts = tuple(sorted((storage_options or {}).items()))
     if "://" not in url and not os.path.exists(url):
         raise DataError(f"no Zarr data at {url!r}: the path does not exist")
@@ -328,7 +332,7 @@ def from_zarr(url: str, *, symbols: bool = False, row_bytes: Any = None,
     cuts = sequence_cuts(offsets, target)
     source = ZarrRows(url, variable, opts)
     return _partitioned([source] * (len(cuts) - 1), offsets, cuts, n_features, np.dtype(arr.dtype),
-                        f"zarr {url}/{variable}", int(arr.chunks[0]), symbols, target,
+                        f"zarr {location}/{variable}", int(arr.chunks[0]), symbols, target,
                         zarr_source=source)
 
 
@@ -388,7 +392,7 @@ def write_sequences(path: str | os.PathLike, X: Any, lengths: Any = None, *, chu
     offsets = offsets_from_lengths(lengths, X.shape[0])
     path = os.fspath(path)
     if not _is_url(path) and os.path.exists(path) and not overwrite:
-        raise DataError(f"{path!r} already exists; remove it or pass overwrite=True")
+        raise OutputExistsError(path)
     group = zarr.open_group(store=path, mode="w", zarr_format=3,
                             storage_options=storage_options if _is_url(path) else None)
     chunks = (min(chunk_rows, X.shape[0]),) + X.shape[1:]
@@ -619,7 +623,7 @@ def generate_hmm_dataset(
 
     def positive(name: str, v: Any, minimum: int = 1) -> int:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-            raise ConfigError(f"{name} must be an integer >= {minimum}; got {v!r}")
+            raise ConfigError(f"{name} must be an integer >= {minimum}; got {plain_repr(v)}")
         return int(v)
 
     if kind not in KINDS:

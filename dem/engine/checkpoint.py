@@ -40,7 +40,8 @@ from fsspec.implementations.local import LocalFileSystem
 from dem.engine.faults import maybe_crash
 from dem.errors import CheckpointError
 
-FORMAT_VERSION = 2  # 2: one state per member (restarts share passes)
+#: 2: one state per member (restarts share passes); 3: each member's whole strategy state (dem 0.2).
+FORMAT_VERSION = 3
 CHECKPOINTS = "checkpoints"
 POINTER = "LATEST"
 RUN_FILE = "run.json"
@@ -75,11 +76,16 @@ class RunStore:
         if self.local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except OSError:
+                if os.path.exists(tmp):
+                    os.remove(tmp)  # a full disk must not leave the temporary behind
+                raise
         else:
             self.fs.pipe_file(target, data)
 
@@ -134,13 +140,19 @@ class Checkpointer:
         if s.local:
             tmp = s.path(CHECKPOINTS, f".tmp-{name}")
             os.makedirs(tmp, exist_ok=True)
-            for fname, data in (("arrays.npz", blob), ("meta.json", meta_blob)):
-                with open(os.path.join(tmp, fname), "wb") as f:
-                    f.write(data)
-                    maybe_crash("checkpoint-write")
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, s.path(CHECKPOINTS, name))
+            try:
+                for fname, data in (("arrays.npz", blob), ("meta.json", meta_blob)):
+                    with open(os.path.join(tmp, fname), "wb") as f:
+                        f.write(data)
+                        maybe_crash("checkpoint-write")
+                        f.flush()
+                        os.fsync(f.fileno())
+                os.replace(tmp, s.path(CHECKPOINTS, name))
+            except OSError:
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not leave half a checkpoint
+                raise
         else:
             s.write_bytes(blob, CHECKPOINTS, name, "arrays.npz")
             maybe_crash("checkpoint-write")
@@ -157,7 +169,8 @@ class Checkpointer:
             if n != keep_name:
                 self.store.remove(CHECKPOINTS, n)
         for n in self.store.listdir(CHECKPOINTS):
-            if n.startswith(".tmp-") and n != f".tmp-{keep_name}":
+            # Temporaries of killed writers: checkpoint directories and LATEST.tmp-… files.
+            if ".tmp-" in n and n != f".tmp-{keep_name}":
                 self.store.remove(CHECKPOINTS, n)
 
     def _validate(self, name: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

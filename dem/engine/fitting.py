@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dem.engine.checkpoint import RUN_FILE, Checkpointer, RunStore, compare_fingerprints
+from dem.engine.checkpoint import FORMAT_VERSION, RUN_FILE, Checkpointer, RunStore, compare_fingerprints
 from dem.engine.faults import maybe_crash
 from dem.engine.passes import DataPasses
 from dem.engine.strategies.base import MemberRun
@@ -57,6 +57,11 @@ class RunDirectory:
                 run = self.store.read_json(RUN_FILE)
             except Exception as exc:
                 raise CheckpointError(f"{url}/{RUN_FILE} cannot be read ({exc}); use another run directory") from None
+            version = run.get("format_version", 2)
+            if version != FORMAT_VERSION:
+                raise CheckpointError(
+                    f"run directory {url} was written by another version of dem (checkpoint format {version}; "
+                    f"this dem reads format {FORMAT_VERSION}), so it cannot be resumed: start a new run directory")
             diffs = compare_fingerprints(run.get("fingerprint", {}), fingerprint)
             if not seed_is_fixed:
                 seed = int(run["seed"])  # random_state=None: the run's own seed
@@ -68,7 +73,7 @@ class RunDirectory:
                     + "; ".join(diffs) + " (use a new run directory, or only change max_iter/tol)")
         else:
             partitions = fingerprint.get("settings", {}).get("partitions", [None, None])
-            self.store.write_json({"fingerprint": fingerprint, "seed": seed,
+            self.store.write_json({"fingerprint": fingerprint, "seed": seed, "format_version": FORMAT_VERSION,
                                    "partition_rows": partitions[1]}, RUN_FILE)
         self.seed = seed
 

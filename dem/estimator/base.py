@@ -110,11 +110,17 @@ class EMEstimator(BaseEstimator):
     #: hmmlearn (and scikit-learn's variational mixture) compare ``tol`` with the
     #: change of a total over the data, not of a mean.
     _tol_is_total: ClassVar[bool] = False
+    #: What ``tol`` is compared with, in words, when it is not the mean (``dem info`` says it).
+    _tol_rule: ClassVar[str] = ""
     _parameter_constraints: ClassVar[dict] = dict(P.SHARED_CONSTRAINTS)
     #: ``model.*`` keys of config.yaml this estimator takes (see :class:`ConfigKey`).
     _config_keys: ClassVar[dict[str, ConfigKey]] = {}
     #: config.yaml keys that become ``fit`` arguments (``data.weights`` → ``sample_weight``).
     _config_fit_arguments: ClassVar[dict[str, str]] = {}
+    #: Shared config keys this estimator does not take (a value other than the default is refused).
+    _config_excluded: ClassVar[frozenset[str]] = frozenset()
+    #: Whether ``data.generate`` (synthetic Gaussian-mixture data) makes sense for this kind.
+    _config_generates_data: ClassVar[bool] = False
     #: Notes of the reported fit that ``fit`` also raises as warnings, by kind.
     _warned_notes: ClassVar[dict[str, type]] = {"empty": EmptyComponentWarning}
     #: scikit-learn warns when the best initialisation did not converge; hmmlearn does not.
@@ -313,7 +319,29 @@ class EMEstimator(BaseEstimator):
             run_dir.store.write_json(value, name)
         self.save(run_dir.store.url.rstrip("/") + "/" + MODEL_DIRNAME, storage_options=self.storage_options)
 
+    @classmethod
+    def _generate_demo(cls, path: str, options: dict[str, Any], client: Any = None) -> str:
+        """Write a synthetic dataset of this kind to ``path`` (``dem generate --kind``); one summary line.
+
+        ``options`` holds the command's flags (n_samples, n_features, n_components, chunk_rows, dtype,
+        seed, overwrite, …; None when not given); a family refuses missing ones with a ConfigError.
+        """
+        from dem.errors import ConfigError
+        raise ConfigError(f"dem generate does not know how to make {cls._kind} data")
+
+    def summary_lines(self) -> list[str]:
+        """A few lines describing the fitted model, for ``dem info``."""
+        return []
+
     # -- persistence ------------------------------------------------------------------------
+
+    #: Arrays every saved model of this kind holds (checked on load).
+    _saved_arrays: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def _saved_shapes(cls, ds: Any) -> dict[str, tuple[int, ...]] | None:
+        """The shapes a saved model's sizes imply, per array (checked on load), or None."""
+        return None
 
     def save(self, path: str, *, storage_options: dict | None = None) -> None:
         """Write the fitted model as a Zarr group that ``xarray.open_zarr`` opens (no pickle).

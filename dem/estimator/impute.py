@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from dem.errors import ConfigError, DataError
+from dem.errors import ConfigError, DataError, OutputExistsError, plain_repr
 from dem.estimator.params import seed_from
 
 #: Rows per task sub-range are sized so (1 + n_draws) copies stay near this many bytes.
@@ -112,7 +112,7 @@ def impute(
         If ``X`` holds inf or has the wrong number of features.
     """
     if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 0:
-        raise ConfigError(f"n_draws must be an integer >= 0; got {n_draws!r}")
+        raise ConfigError(f"n_draws must be an integer >= 0; got {plain_repr(n_draws)}")
     n_draws = int(n_draws)
     from dem.data.partitions import as_partitioned
     from dem.engine.executor import Executor
@@ -205,7 +205,7 @@ def _open_group(url: str, storage_options: Any, mode: str) -> Any:
 def _create_output(url: str, storage_options: dict | None, overwrite: bool, n: int, D: int,
                    chunk_rows: int, dtype: np.dtype, n_draws: int, attrs: dict) -> None:
     if "://" not in url and os.path.exists(url) and not overwrite:
-        raise ConfigError(f"{url!r} already exists; choose another out or pass overwrite=True")
+        raise OutputExistsError(url)
     try:
         group = _open_group(url, storage_options, "w" if overwrite else "w-")
     except Exception as exc:  # zarr raises several types for "exists" / "cannot write"

@@ -14,7 +14,6 @@ refused with one line naming what is wrong.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -23,20 +22,11 @@ from typing import Any
 import numpy as np
 
 from dem.errors import CheckpointError
+from dem.estimator.integrity import verify_model, write_atomically
 
 FORMAT_VERSION = 2
 #: Versions this dem reads (1: dem 0.1, without a checksum).
 READABLE_VERSIONS = (1, 2)
-
-
-def arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
-    """sha256 over every array's name, dtype, shape and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return "sha256:" + h.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
@@ -77,7 +67,6 @@ def model_dataset(est: Any) -> Any:
         hyperparameters=json.dumps(hyper),
         fitted=json.dumps(_jsonable(est._fitted_json())),
         history=json.dumps(getattr(est, "history_", [])),
-        checksum=arrays_checksum({name: np.asarray(v) for name, (_, v) in arrays.items()}),
     )
     return ds
 
@@ -90,25 +79,6 @@ def save_model(est: Any, path: str, *, storage_options: dict | None = None) -> N
         # a fallback warning; zarr 3 warns that it is not in the v3 spec yet.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         write_atomically(ds, os.fspath(path), storage_options)
-
-
-def write_atomically(ds: Any, path: str, storage_options: dict | None = None) -> None:
-    """Write a Dataset as a Zarr group: temp dir + rename locally, straight to a URL otherwise."""
-    import shutil
-
-    if "://" in path:
-        ds.to_zarr(path, mode="w", storage_options=storage_options, consolidated=True)
-        return
-    tmp = f"{path}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds.to_zarr(tmp, mode="w", consolidated=True)
-    if os.path.exists(path):
-        old = f"{path}.old-{os.getpid()}"
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
 
 
 def open_model(path: str, storage_options: dict | None) -> Any:
@@ -126,23 +96,11 @@ def open_model(path: str, storage_options: dict | None) -> Any:
         raise CheckpointError(f"cannot read a dem model at {path!r}: {first}") from None
 
 
-def verify(path: str, ds: Any) -> dict[str, np.ndarray]:
-    """The model's arrays, checked against the checksum saved with them."""
-    arrays = {name: np.asarray(ds[name].values) for name in ds.data_vars}
-    saved = ds.attrs.get("checksum")
-    if saved is not None and arrays_checksum(arrays) != saved:
-        raise CheckpointError(f"the model at {path!r} is damaged: its arrays do not match the checksum "
-                              "saved with them (a missing or altered chunk?)")
-    for name, a in arrays.items():
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise CheckpointError(f"the model at {path!r} is damaged: array {name!r} holds NaN or inf")
-    return arrays
-
-
 def restore(cls: type, path: str, ds: Any) -> Any:
     """An estimator of class ``cls`` from an opened, verified model dataset."""
     version = ds.attrs.get("dem_format_version")
-    arrays = verify(path, ds)
+    verify_model(ds, path, required=cls._saved_arrays, shapes=cls._saved_shapes(ds))
+    arrays = {name: np.asarray(ds[name].values) for name in ds.data_vars}
     hyper = {k: _number(v) for k, v in json.loads(ds.attrs["hyperparameters"]).items()}
     est = cls(**{k: v for k, v in hyper.items() if k in cls._get_param_names()})
     if version == 1:

@@ -149,7 +149,10 @@ class HMMEstimator(EMEstimator):
 
     _max_iter_param = "n_iter"
     _tol_is_total = True
+    _tol_rule = "on the total log-likelihood, hmmlearn's rule"
     _warn_not_converged = False
+    # init_params are parameter letters here, not a centre-placing method; no annealing.
+    _config_excluded = frozenset({"fit.init_params", "fit.beta_init", "fit.beta_rate"})
     _symbols: ClassVar[bool] = False
     #: (steps × states) arrays one sequence's forward–backward holds (hmm_lattice.LATTICE_ARRAYS)
     _lattice_arrays: ClassVar[int] = 8
@@ -471,7 +474,30 @@ class HMMEstimator(EMEstimator):
                                partition_rows=None, memory_per_thread=None)
         return -2.0 * self.score(X, lengths) + self._n_parameters() * math.log(data.n_samples)
 
+    @classmethod
+    def _generate_demo(cls, path: str, options: dict[str, Any], client: Any = None) -> str:
+        from dem.data.sequences import generate_hmm_dataset
+
+        kind = cls._kind
+        for flag, key in (("--sequences", "n_sequences"), ("--length", "length"), ("--features", "n_features")):
+            if options.get(key) is None or options[key] < 1:
+                raise ConfigError(f"dem generate --kind {kind} needs {flag} >= 1")
+        emission = kind.removesuffix("_hmm")
+        sizes = {"n_symbols": options["n_features"]} if cls._symbols else {"n_features": options["n_features"]}
+        generate_hmm_dataset(path, options["n_sequences"], options["length"], options["n_components"],
+                             kind=emission, seed=options["seed"], chunk_rows=options["chunk_rows"],
+                             dtype=options["dtype"], **sizes)
+        return f"{options['n_sequences']:,} sequences × {options['length']} steps ({kind}, " \
+               f"{options['n_components']} states)"
+
+    def summary_lines(self) -> list[str]:
+        with np.printoptions(precision=3, suppress=True):
+            return [f"states: {self.n_components}; start probabilities {np.asarray(self.startprob_)}",
+                    f"transitions (rows: from state):\n{np.asarray(self.transmat_)}"]
+
     # -- persistence ----------------------------------------------------------------------
+
+    _saved_arrays = ("startprob", "transmat")
 
     def _fitted_arrays(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
         check_is_fitted(self, "startprob_")

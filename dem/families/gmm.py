@@ -119,11 +119,8 @@ class GaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
         "model.covariance_type": ConfigKey("covariance_type", "full", "covariance structure"),
         "model.reg_covar": ConfigKey("reg_covar", 1e-6, "added to covariance diagonals"),
         "model.missing": ConfigKey("missing", "error", "NaN: error, or em (missing at random, fitted by EM)"),
-        "model.init_params": ConfigKey("init_params", "k-means||", "how initial centres are placed"),
-        "model.beta_init": ConfigKey("beta_init", None, "deterministic annealing: first inverse temperature "
-                                                        "(null: off)"),
-        "model.beta_rate": ConfigKey("beta_rate", 2.0, "annealing: factor by which beta grows per stage"),
     }
+    _config_generates_data = True
     _config_fit_arguments = {"data.weights": "sample_weight", "data.variable": "variable"}
     _parameter_constraints = {
         **EMEstimator._parameter_constraints,
@@ -340,7 +337,46 @@ class GaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
                       variable=variable, partition_rows=partition_rows or self.partition_rows,
                       overwrite=overwrite, client=self.client)
 
+    @classmethod
+    def _generate_demo(cls, path: str, options: dict[str, Any], client: Any = None) -> str:
+        from dem.data.generate import generate_dataset
+        from dem.errors import ConfigError
+
+        for flag, key in (("--samples", "n_samples"), ("--features", "n_features")):
+            if options.get(key) is None:
+                raise ConfigError(f"dem generate --kind gmm needs {flag}")
+        o = options
+        summary = generate_dataset(path, o["n_samples"], o["n_features"], o["n_components"],
+                                   chunk_rows=o["chunk_rows"], dtype=o["dtype"], seed=o["seed"],
+                                   separation=o["separation"], weighted=o["weighted"], client=client,
+                                   overwrite=o["overwrite"])
+        return (f"{o['n_samples']:,} rows × {o['n_features']} features ({o['dtype']}), {o['n_components']} "
+                f"components, {summary['n_chunks']} chunks, {summary['nbytes'] / 2**20:,.1f} MiB uncompressed")
+
+    def summary_lines(self) -> list[str]:
+        order = np.argsort(-np.asarray(self.weights_))
+        shown = ", ".join(f"{int(k)}: {float(self.weights_[k]):.3f}" for k in order[:12])
+        more = f" (and {len(order) - 12} more)" if len(order) > 12 else ""
+        return [f"components: {self.n_components_} ({self.covariance_type} covariances); weights {shown}{more}"]
+
     # -- persistence --------------------------------------------------------------------
+
+    _saved_arrays = ("weights", "means", "covariances", "precisions_cholesky")
+
+    @classmethod
+    def _saved_shapes(cls, ds: Any) -> dict[str, tuple[int, ...]] | None:
+        import json
+
+        try:
+            covariance_type = json.loads(ds.attrs["hyperparameters"])["covariance_type"]
+            K, D = (int(n) for n in ds["means"].shape)
+        except (KeyError, TypeError, ValueError):
+            return None  # the presence checks name what is missing
+        cov = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}.get(covariance_type)
+        shapes = {"weights": (K,), "means": (K, D)}
+        if cov is not None:
+            shapes.update(covariances=cov, precisions_cholesky=cov)
+        return shapes
 
     def _cov_dims(self) -> tuple[str, ...]:
         return {"full": ("component", "feature", "feature_"), "tied": ("feature", "feature_"),

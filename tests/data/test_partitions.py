@@ -267,3 +267,65 @@ def test_invalid_n_components(X, n):
 def test_negative_tol(X):
     _raises(ConfigError, r"The 'tol' parameter of GaussianMixture must be a float in the range \[0.0, inf\). "
                          r"Got -0.1 instead", lambda: _fit(X, tol=-0.1))
+
+
+# -- issue 17 item 3: one location, one fingerprint ------------------------------
+
+@pytest.mark.parametrize("spelling, expected", [
+    ("good.zarr", "{cwd}/good.zarr"),
+    ("./good.zarr", "{cwd}/good.zarr"),
+    ("./sub/../good.zarr/", "{cwd}/good.zarr"),
+    ("{cwd}/good.zarr", "{cwd}/good.zarr"),
+    ("file://{cwd}/good.zarr", "{cwd}/good.zarr"),
+    ("s3://bucket/data/good.zarr", "s3://bucket/data/good.zarr"),
+    ("S3://bucket//data/./good.zarr/", "s3://bucket/data/good.zarr"),
+    ("gs://bucket/Data/../good.zarr", "gs://bucket/Data/../good.zarr"),  # '..' is part of an object key
+])
+def test_normalise_location(tmp_path, monkeypatch, spelling, expected):
+    from dem.data.partitions import normalise_location
+
+    monkeypatch.chdir(tmp_path)
+    cwd = str(tmp_path)
+    assert normalise_location(spelling.format(cwd=cwd)) == expected.format(cwd=cwd)
+
+
+def test_the_same_zarr_data_named_differently_has_one_fingerprint(store, monkeypatch):
+    monkeypatch.chdir(store)
+    spellings = ["group.zarr", "./group.zarr", str(store / "group.zarr"), f"{store}/./group.zarr/",
+                 f"file://{store}/group.zarr"]
+    prints = [as_partitioned(s).fingerprint() for s in spellings]
+    assert prints[0]["source"] == f"zarr {store}/group.zarr/X"
+    assert all(p == prints[0] for p in prints), prints
+
+
+def test_resuming_with_another_spelling_of_the_data_path(store, monkeypatch, tmp_path):
+    # The issue's reproduction: fit("good.zarr") then fit("./good.zarr") raised CheckpointError.
+    monkeypatch.chdir(store)
+    straight = _fit(str(store / "group.zarr"), max_iter=6)
+    run = str(tmp_path / "run")
+    first = _fit("group.zarr", max_iter=3, checkpoint_dir=run)
+    assert first.n_iter_ == 3
+    resumed = _fit("./group.zarr", max_iter=5, checkpoint_dir=run)
+    resumed = _fit(str(store / "group.zarr"), max_iter=6, checkpoint_dir=run)
+    # Resumed twice: at iteration 4 ("./group.zarr") and 6 (the absolute path).
+    assert [h["resumed"] for h in resumed.history_] == [False, False, False, True, False, True]
+    for name in FITTED:
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(straight, name), err_msg=name)
+
+
+# -- issue 17 item 6: a damaged chunk is named with its rows ----------------------
+
+def test_a_truncated_chunk_is_one_line_naming_the_array_chunk_and_rows(tmp_path):
+    X = np.arange(3000.0).reshape(1000, 3)
+    group = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
+    group.create_array("X", data=X, chunks=(200, 3))
+    chunk = tmp_path / "d.zarr" / "X" / "c" / "2" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:7])
+    data = as_partitioned(str(tmp_path / "d.zarr"), partition_rows=600)
+    np.testing.assert_array_equal(data.x_refs[0].read(0, 400), X[:400])  # the chunks before it still read
+    with pytest.raises(DataError) as info:
+        data.x_refs[0].read(0, 600)
+    message = str(info.value)
+    assert message.startswith(f"cannot read {chunk} (rows 400–599 of Zarr array {tmp_path}/d.zarr/X): ")
+    assert message.endswith("; the chunk is damaged or truncated: restore or rewrite the data")
+    assert "\n" not in message

@@ -214,3 +214,12 @@ def test_generator_argument_errors(tmp_path):
         seq.generate_hmm_dataset(tmp_path / "x.zarr", 2, 5, 2, n_features=1)
     seq.generate_hmm_dataset(tmp_path / "x.zarr", 3, 5, 2, n_features=1, overwrite=True)
     assert zarr.open_group(str(tmp_path / "x.zarr"), mode="r")["offsets"].shape == (4,)
+
+
+def test_the_same_sequence_data_named_differently_has_one_fingerprint(tmp_path, monkeypatch):
+    # issue 17 item 3: a resumed HMM fit must not be refused over "./s.zarr" vs "s.zarr".
+    seq.write_sequences(tmp_path / "s.zarr", np.arange(12.0).reshape(6, 2), [2, 4], chunk_rows=4)
+    monkeypatch.chdir(tmp_path)
+    prints = [seq.from_zarr(p).fingerprint() for p in ("s.zarr", "./s.zarr", str(tmp_path / "s.zarr") + "/")]
+    assert prints[0]["source"] == f"zarr {tmp_path}/s.zarr/X"
+    assert prints[1] == prints[0] and prints[2] == prints[0]

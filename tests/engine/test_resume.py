@@ -242,3 +242,32 @@ def test_object_store_pointer_protocol(tmp_path):
                                   checkpoint_dir=url).fit(data)
     assert np.array_equal(got.means_, ref.means_)
     assert got.history_[3]["resumed"] is True
+
+
+def test_a_run_directory_of_an_older_format_is_refused_naming_the_version(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    # What dem 0.1 wrote: run.json without a format version (checkpoint format 2).
+    (run / "run.json").write_text(json.dumps({"fingerprint": {}, "seed": 0, "partition_rows": 100}))
+    X = np.random.default_rng(0).normal(size=(200, 2))
+    with pytest.raises(dem.CheckpointError, match=r"checkpoint format 2; this dem reads format 3\), so it cannot "
+                                                  r"be resumed: start a new run directory"):
+        dem.GaussianMixture(2, random_state=0, checkpoint_dir=str(run)).fit(X)
+
+
+def test_lowering_tol_on_a_converged_run_continues_it_to_the_new_tol(tmp_path):
+    # issue 17 item 2: a lower tol, like a higher max_iter, continues a finished fit.
+    rng = np.random.default_rng(5)
+    X = np.vstack([rng.normal(size=(400, 2)), rng.normal(size=(400, 2)) + 1.5])
+    kw = dict(random_state=2, max_iter=500, init_params="random_from_data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loose = dem.GaussianMixture(2, tol=1e-2, checkpoint_dir=str(tmp_path / "run"), **kw).fit(X)
+        tight = dem.GaussianMixture(2, tol=1e-8, checkpoint_dir=str(tmp_path / "run"), **kw).fit(X)
+        straight = dem.GaussianMixture(2, tol=1e-8, **kw).fit(X)
+    assert loose.converged_ and tight.converged_
+    assert tight.n_iter_ == straight.n_iter_ > loose.n_iter_
+    assert abs(tight.history_[-1]["delta"]) < 1e-8 <= abs(loose.history_[-1]["delta"]) or loose.n_iter_ < tight.n_iter_
+    assert [h["resumed"] for h in tight.history_].index(True) == loose.n_iter_
+    for name in ("weights_", "means_", "covariances_"):
+        assert np.array_equal(getattr(tight, name), getattr(straight, name)), name
