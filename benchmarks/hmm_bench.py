@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from dem.data.sequences import generate_sequences, true_hmm_parameters
+from dem.data.generate_sequences import generate_sequences, true_hmm_parameters
 from dem.hmm import GaussianHMM
 
 

@@ -20,7 +20,8 @@ import zarr
 import dem
 
 from dem.engine.monitor import ObjectiveDecreasedWarning
-from dem.data.sequences import generate_hmm_dataset, write_sequences
+from dem.data.generate_sequences import generate_hmm_dataset
+from dem.data.sequences import write_sequences
 from dem.errors import ConfigError, DataError
 from dem import CategoricalHMM, GaussianHMM, GMMHMM
 

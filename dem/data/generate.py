@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from dem.errors import ConfigError, DataError, OutputExistsError, plain_repr
+from dem.errors import ConfigError, OutputExistsError, plain_repr
 
 #: Default distance between the two closest means, in units of the largest
 #: standard deviation of any component along any direction.

@@ -24,7 +24,6 @@ import math
 import os
 from typing import Any
 
-import dask
 from dask.delayed import Delayed
 import dask.array as da
 import numpy as np

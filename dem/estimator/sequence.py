@@ -476,7 +476,7 @@ class HMMEstimator(EMEstimator):
 
     @classmethod
     def _generate_demo(cls, path: str, options: dict[str, Any], client: Any = None) -> str:
-        from dem.data.sequences import generate_hmm_dataset
+        from dem.data.generate_sequences import generate_hmm_dataset
 
         kind = cls._kind
         for flag, key in (("--sequences", "n_sequences"), ("--length", "length"), ("--features", "n_features")):

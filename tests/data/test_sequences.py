@@ -11,6 +11,7 @@ import pytest
 import zarr
 
 from dem.engine.executor import Executor
+from dem.data import generate_sequences as gen
 from dem.data import sequences as seq
 from dem.errors import ConfigError, DataError
 
@@ -162,7 +163,7 @@ def test_a_sequence_too_long_for_one_task_is_refused_naming_it():
 @pytest.mark.parametrize("kind, kw", [("gaussian", dict(n_features=2)), ("categorical", dict(n_symbols=4)),
                                       ("gmm", dict(n_features=2, n_mix=2))])
 def test_generated_layout_and_chunks_of_whole_sequences(tmp_path, kind, kw):
-    info = seq.generate_hmm_dataset(tmp_path / "d.zarr", 30, 40, 3, kind=kind, seed=5, chunk_rows=100, **kw)
+    info = gen.generate_hmm_dataset(tmp_path / "d.zarr", 30, 40, 3, kind=kind, seed=5, chunk_rows=100, **kw)
     g = zarr.open_group(str(tmp_path / "d.zarr"), mode="r")
     assert info["chunk_rows"] == 80 == g["X"].chunks[0]  # round(100 / 40) = 2 sequences per chunk
     np.testing.assert_array_equal(g["offsets"][:], np.arange(31) * 40)
@@ -176,7 +177,7 @@ def test_generated_layout_and_chunks_of_whole_sequences(tmp_path, kind, kw):
 
 
 def test_generated_data_follow_the_true_parameters(tmp_path):
-    seq.generate_hmm_dataset(tmp_path / "d.zarr", 400, 50, 3, n_features=2, seed=3, chunk_rows=5000,
+    gen.generate_hmm_dataset(tmp_path / "d.zarr", 400, 50, 3, n_features=2, seed=3, chunk_rows=5000,
                              dtype="float64")
     g = zarr.open_group(str(tmp_path / "d.zarr"), mode="r")
     X, s = g["X"][:], g["states"][:].reshape(400, 50)
@@ -193,9 +194,9 @@ def test_generated_data_follow_the_true_parameters(tmp_path):
 
 def test_generation_is_a_function_of_the_seed_alone(tmp_path):
     kw = dict(n_features=3, seed=9, chunk_rows=300)
-    seq.generate_hmm_dataset(tmp_path / "a.zarr", 20, 60, 2, n_threads=1, **kw)
-    seq.generate_hmm_dataset(tmp_path / "b.zarr", 20, 60, 2, n_threads=2, **kw)
-    seq.generate_hmm_dataset(tmp_path / "c.zarr", 20, 60, 2, n_threads=2, **dict(kw, seed=10))
+    gen.generate_hmm_dataset(tmp_path / "a.zarr", 20, 60, 2, n_threads=1, **kw)
+    gen.generate_hmm_dataset(tmp_path / "b.zarr", 20, 60, 2, n_threads=2, **kw)
+    gen.generate_hmm_dataset(tmp_path / "c.zarr", 20, 60, 2, n_threads=2, **dict(kw, seed=10))
     a, b, c = (zarr.open_group(str(tmp_path / f"{n}.zarr"), mode="r") for n in "abc")
     assert a["X"][:].tobytes() == b["X"][:].tobytes()
     assert a["states"][:].tobytes() == b["states"][:].tobytes()
@@ -204,15 +205,15 @@ def test_generation_is_a_function_of_the_seed_alone(tmp_path):
 
 def test_generator_argument_errors(tmp_path):
     with pytest.raises(ConfigError, match="kind must be one of"):
-        seq.generate_hmm_dataset(tmp_path / "x.zarr", 2, 5, 2, n_features=1, kind="poisson")
+        gen.generate_hmm_dataset(tmp_path / "x.zarr", 2, 5, 2, n_features=1, kind="poisson")
     with pytest.raises(ConfigError, match="n_symbols"):
-        seq.generate_hmm_dataset(tmp_path / "x.zarr", 2, 5, 2, kind="categorical")
+        gen.generate_hmm_dataset(tmp_path / "x.zarr", 2, 5, 2, kind="categorical")
     with pytest.raises(ConfigError, match="length must be an integer >= 1"):
-        seq.generate_hmm_dataset(tmp_path / "x.zarr", 2, 0, 2, n_features=1)
-    seq.generate_hmm_dataset(tmp_path / "x.zarr", 2, 5, 2, n_features=1)
+        gen.generate_hmm_dataset(tmp_path / "x.zarr", 2, 0, 2, n_features=1)
+    gen.generate_hmm_dataset(tmp_path / "x.zarr", 2, 5, 2, n_features=1)
     with pytest.raises(DataError, match="already exists"):
-        seq.generate_hmm_dataset(tmp_path / "x.zarr", 2, 5, 2, n_features=1)
-    seq.generate_hmm_dataset(tmp_path / "x.zarr", 3, 5, 2, n_features=1, overwrite=True)
+        gen.generate_hmm_dataset(tmp_path / "x.zarr", 2, 5, 2, n_features=1)
+    gen.generate_hmm_dataset(tmp_path / "x.zarr", 3, 5, 2, n_features=1, overwrite=True)
     assert zarr.open_group(str(tmp_path / "x.zarr"), mode="r")["offsets"].shape == (4,)
 
 
