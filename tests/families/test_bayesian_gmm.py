@@ -54,7 +54,7 @@ def _gmm_start(X, ct, K=4, seed=0) -> tuple[dict, np.ndarray]:
 DEM_ONLY = ("partition_rows", "client", "tol_per_sample")
 
 
-def _fit_both(X_dem, X_sk, ct, pt, K=4, seed=0, **kw):
+def _fit_both(X_dem, X_sk, ct, pt, K=3, seed=0, **kw):
     start, resp0 = _gmm_start(X_sk, ct, K, seed)
     dem_kw = {k: kw.pop(k) for k in DEM_ONLY if k in kw}
     common = dict(covariance_type=ct, weight_concentration_prior_type=pt, max_iter=300, tol=1e-3)
@@ -108,6 +108,19 @@ def test_fit_with_given_priors_matches_sklearn(data, ct):
     priors = dict(weight_concentration_prior=0.5, mean_precision_prior=0.1, mean_prior=np.array([1.0, 0.0, -1.0]),
                   degrees_of_freedom_prior=4.5, covariance_prior=cov_prior, reg_covar=1e-4)
     ours, sk = _fit_both(data, data, ct, "dirichlet_distribution", K=5, seed=2, max_iter=25, tol=0.0, **priors)
+    _assert_equal_to_sklearn(ours, sk)
+
+
+def test_warm_start_continues_as_sklearn_does(data):
+    start, resp0 = _gmm_start(data, "diag", K=3)
+    kw = dict(covariance_type="diag", max_iter=4, tol=0.0, warm_start=True)
+    sk = _FromResponsibilities(resp0=resp0, n_components=3, **kw)
+    ours = dem.BayesianGaussianMixture(3, **kw, **start)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _ in range(2):
+            sk.fit(data)
+            ours.fit(data)
     _assert_equal_to_sklearn(ours, sk)
 
 
