@@ -42,20 +42,19 @@ class _FromResponsibilities(SkBayesianGaussianMixture):
         self._initialize(X, self.resp0)
 
 
-def _gmm_start(X, ct, K=4, seed=0) -> tuple[dict, np.ndarray]:
+def _gmm_start(X, ct, K=4, seed=0, init="random_from_data") -> tuple[dict, np.ndarray]:
     """A Gaussian mixture (dem's *_init) and its posterior responsibilities on X (scikit-learn's)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        g = SkGaussianMixture(K, covariance_type=ct, init_params="random_from_data", max_iter=1,
-                              random_state=seed).fit(X)
+        g = SkGaussianMixture(K, covariance_type=ct, init_params=init, max_iter=1, random_state=seed).fit(X)
     return dict(weights_init=g.weights_, means_init=g.means_, precisions_init=g.precisions_), g.predict_proba(X)
 
 
 DEM_ONLY = ("partition_rows", "client", "tol_per_sample")
 
 
-def _fit_both(X_dem, X_sk, ct, pt, K=3, seed=0, **kw):
-    start, resp0 = _gmm_start(X_sk, ct, K, seed)
+def _fit_both(X_dem, X_sk, ct, pt, K=3, seed=0, init="kmeans", **kw):
+    start, resp0 = _gmm_start(X_sk, ct, K, seed, init)
     dem_kw = {k: kw.pop(k) for k in DEM_ONLY if k in kw}
     common = dict(covariance_type=ct, weight_concentration_prior_type=pt, max_iter=300, tol=1e-3)
     common.update(kw)
@@ -107,7 +106,8 @@ def test_fit_with_given_priors_matches_sklearn(data, ct):
                  "spherical": 1.5}[ct]
     priors = dict(weight_concentration_prior=0.5, mean_precision_prior=0.1, mean_prior=np.array([1.0, 0.0, -1.0]),
                   degrees_of_freedom_prior=4.5, covariance_prior=cov_prior, reg_covar=1e-4)
-    ours, sk = _fit_both(data, data, ct, "dirichlet_distribution", K=5, seed=2, max_iter=25, tol=0.0, **priors)
+    ours, sk = _fit_both(data, data, ct, "dirichlet_distribution", K=5, seed=2, init="random_from_data",
+                         max_iter=25, tol=0.0, **priors)
     _assert_equal_to_sklearn(ours, sk)
 
 
