@@ -99,6 +99,16 @@ def test_fit_matches_sklearn(data, ct, pt):
     _assert_equal_to_sklearn(ours, sk)
 
 
+@pytest.mark.parametrize("pt", PRIOR_TYPES)
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
+def test_forty_iterations_from_a_poor_start_match_sklearn(data, ct, pt):
+    # Five components from random rows: some lose their data, as the prior lets them.
+    ours, sk = _fit_both(data, data, ct, pt, K=5, seed=2, init="random_from_data", max_iter=40, tol=0.0,
+                         partition_rows=130)
+    assert len(sk.lower_bounds_) == 40
+    _assert_equal_to_sklearn(ours, sk)
+
+
 @pytest.mark.parametrize("ct", COVARIANCE_TYPES)
 def test_fit_with_given_priors_matches_sklearn(data, ct):
     D = data.shape[1]
