@@ -40,4 +40,5 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["load", "params_dataset", "DemError", "DataError", "ConfigError", "CollapsedComponentError",
-           "CheckpointError", "EmptyComponentWarning", "__version__", "GaussianMixture", "GaussianHMM", "CategoricalHMM", "GMMHMM"]
+           "CheckpointError", "EmptyComponentWarning", "__version__", "GaussianMixture", "GaussianHMM", "CategoricalHMM", "GMMHMM",
+           "BayesianGaussianMixture"]
