@@ -91,6 +91,26 @@ class MixtureMixin:
         n = self._n_samples(X)
         return -2.0 * self.score(X) * n + self._n_parameters() * math.log(n)
 
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Draw samples and their component labels from the fitted mixture, as scikit-learn does."""
+        from dem.errors import ConfigError
+        from dem.estimator.params import seed_from
+
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            raise ConfigError(f"Invalid value for 'n_samples': {n_samples}. The sampling requires at "
+                              "least one sample.")
+        p = self._fitted_params()
+        rng = np.random.default_rng(seed_from(self.random_state))
+        covs = self._full_covariances()
+        counts = rng.multinomial(int(n_samples), p.weights)
+        X = np.vstack([rng.multivariate_normal(p.means[k], covs[k], int(c)) for k, c in enumerate(counts)])
+        labels = np.concatenate([np.full(int(c), k, dtype=np.int64) for k, c in enumerate(counts)])
+        return X, labels
+
+    def _full_covariances(self) -> np.ndarray:
+        """(K, D, D) covariances of the fitted mixture, whatever its covariance type (the family says)."""
+        raise NotImplementedError
+
     def aic(self, X: Any) -> float:
         """Akaike information criterion on ``X`` (lower is better)."""
         n = self._n_samples(X)

@@ -482,23 +482,11 @@ class BayesianGaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
                 raise
         return self._fit(X, sample_weight=sample_weight, variable=variable, callback=callback)
 
-    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Draw samples and their component labels from the fitted mixture (expected parameters)."""
-        from dem.errors import ConfigError
-        from dem.estimator.params import seed_from
+    def _full_covariances(self) -> np.ndarray:
         from dem.families.gaussian_params import full_covariances
 
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-            raise ConfigError(f"Invalid value for 'n_samples': {n_samples}. The sampling requires at "
-                              "least one sample.")
         p = self._fitted_params()
-        rng = np.random.default_rng(seed_from(self.random_state))
-        K, D = p.means.shape
-        covs = full_covariances(p.covariances, self.covariance_type, K, D)
-        counts = rng.multinomial(int(n_samples), p.weights)
-        X = np.vstack([rng.multivariate_normal(p.means[k], covs[k], int(c)) for k, c in enumerate(counts)])
-        labels = np.concatenate([np.full(int(c), k, dtype=np.int64) for k, c in enumerate(counts)])
-        return X, labels
+        return full_covariances(p.covariances, self.covariance_type, *p.means.shape)
 
     def summary_lines(self, threshold: float = EFFECTIVE_WEIGHT) -> list[str]:
         """Lines for ``dem info``: the components whose weight reaches ``threshold``."""

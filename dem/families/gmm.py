@@ -20,10 +20,11 @@ from dem.families import mixture_init
 from dem.families.gaussian_mixture import COVARIANCE_TYPES, GaussianMixtureFamily
 from dem.families.gaussian_params import GMMParams
 from dem.families.gmm_missing import MissingDataGaussianMixtureFamily
+from dem.families.gmm_storage import GaussianMixtureStorage
 
 
 
-class GaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
+class GaussianMixture(GaussianMixtureStorage, MixtureMixin, DensityMixin, EMEstimator):
     """Gaussian mixture fitted by EM on data of any size, on a Dask cluster.
 
     Parameters follow :class:`sklearn.mixture.GaussianMixture`; the fitted
@@ -206,28 +207,8 @@ class GaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
 
     def _select(self, outcome: Any, members: list, passes: Any) -> int:
         """Within a K the best lower bound wins (scikit-learn's rule); across K the lowest BIC."""
-        import math as _math
-
-        from dem.engine.executor import Evaluation
-
-        ks = [label["n_components"] for _, label in members]
-        winners = {k: outcome.best_index([i for i, kk in enumerate(ks) if kk == k]) for k in dict.fromkeys(ks)}
-        self.model_selection_ = []
-        if len(winners) == 1:
-            return next(iter(winners.values()))
-        # Each K's best restart scored once more with its final parameters, in one pass.
-        idx = list(winners.values())
-        stats = passes.evaluate([Evaluation(members[i][0], outcome.runs[i].result()) for i in idx])
-        n = passes.n_samples
-        for (k, i), s in zip(winners.items(), stats):
-            p = members[i][0].n_parameters(passes.n_features)
-            ll = float(s.log_likelihood)
-            self.model_selection_.append({
-                "n_components": k, "log_likelihood": ll, "mean_log_likelihood": ll / s.weight_sum,
-                "n_parameters": p, "bic": -2.0 * ll + p * _math.log(n), "aic": -2.0 * ll + 2.0 * p,
-                "n_iter": outcome.runs[i].iterations, "converged": outcome.runs[i].converged})
-        best_k = min(self.model_selection_, key=lambda row: row["bic"])["n_components"]
-        return winners[best_k]
+        chosen, self.model_selection_ = select_by_bic(outcome, members, passes)
+        return chosen
 
     # -- fitted attributes -------------------------------------------------------------
 
@@ -298,24 +279,6 @@ class GaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
         """
         return self._fit(X, sample_weight=sample_weight, variable=variable, callback=callback)
 
-    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Draw samples and their component labels from the fitted mixture."""
-        from dem.errors import ConfigError
-        from dem.estimator.params import seed_from
-        from dem.families.gaussian_params import full_covariances
-
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-            raise ConfigError(f"Invalid value for 'n_samples': {n_samples}. The sampling requires at "
-                              "least one sample.")
-        params = self._fitted_params()
-        rng = np.random.default_rng(seed_from(self.random_state))
-        K, D = params.means.shape
-        covs = full_covariances(params.covariances, self.covariance_type, K, D)
-        counts = rng.multinomial(int(n_samples), params.weights)
-        X = np.vstack([rng.multivariate_normal(params.means[k], covs[k], int(c)) for k, c in enumerate(counts)])
-        y = np.concatenate([np.full(int(c), k, dtype=np.int64) for k, c in enumerate(counts)])
-        return X, y
-
     def impute(self, X: Any, out: str | None = None, n_draws: int = 0, random_state: Any = None, *,
                storage_options: dict | None = None, variable: str | None = None,
                partition_rows: int | None = None, overwrite: bool = False) -> Any:
@@ -353,102 +316,46 @@ class GaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
         return (f"{o['n_samples']:,} rows × {o['n_features']} features ({o['dtype']}), {o['n_components']} "
                 f"components, {summary['n_chunks']} chunks, {summary['nbytes'] / 2**20:,.1f} MiB uncompressed")
 
+    def _full_covariances(self) -> np.ndarray:
+        from dem.families.gaussian_params import full_covariances
+
+        p = self._fitted_params()
+        return full_covariances(p.covariances, self.covariance_type, *p.means.shape)
+
     def summary_lines(self) -> list[str]:
         order = np.argsort(-np.asarray(self.weights_))
         shown = ", ".join(f"{int(k)}: {float(self.weights_[k]):.3f}" for k in order[:12])
         more = f" (and {len(order) - 12} more)" if len(order) > 12 else ""
         return [f"components: {self.n_components_} ({self.covariance_type} covariances); weights {shown}{more}"]
 
-    # -- persistence --------------------------------------------------------------------
 
-    _saved_arrays = ("weights", "means", "covariances", "precisions_cholesky")
+def select_by_bic(outcome: Any, members: list, passes: Any) -> tuple[int, list[dict[str, Any]]]:
+    """The member to report and the model-selection table (empty for a single K).
 
-    @classmethod
-    def _saved_shapes(cls, ds: Any) -> dict[str, tuple[int, ...]] | None:
-        import json
+    Within a K the best lower bound wins (scikit-learn's rule); each K's best
+    restart is scored once more with its final parameters, in one pass, and
+    the lowest BIC wins.
+    """
+    import math
 
-        try:
-            covariance_type = json.loads(ds.attrs["hyperparameters"])["covariance_type"]
-            K, D = (int(n) for n in ds["means"].shape)
-        except (KeyError, TypeError, ValueError):
-            return None  # the presence checks name what is missing
-        cov = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}.get(covariance_type)
-        shapes = {"weights": (K,), "means": (K, D)}
-        if cov is not None:
-            shapes.update(covariances=cov, precisions_cholesky=cov)
-        return shapes
+    from dem.engine.executor import Evaluation
 
-    def _cov_dims(self) -> tuple[str, ...]:
-        return {"full": ("component", "feature", "feature_"), "tied": ("feature", "feature_"),
-                "diag": ("component", "feature"), "spherical": ("component",)}[self.covariance_type]
-
-    def _fitted_arrays(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
-        p = self._fitted_params()
-        dims = self._cov_dims()
-        return {"weights": (("component",), p.weights), "means": (("component", "feature"), p.means),
-                "covariances": (dims, p.covariances), "precisions_cholesky": (dims, p.precisions_cholesky)}
-
-    def _fitted_coords(self) -> dict[str, np.ndarray]:
-        names = self.feature_names_ if getattr(self, "feature_names_", None) is not None \
-            else np.arange(self.n_features_in_)
-        coords = {"component": np.arange(len(self.weights_)), "feature": np.asarray(names)}
-        if "feature_" in self._cov_dims():
-            coords["feature_"] = np.asarray(names)
-        return coords
-
-    def _fitted_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k, None) for k in (
-            "n_components_", "converged_", "n_iter_", "lower_bound_", "lower_bounds_", "n_passes_",
-            "n_init_passes_", "best_restart_", "model_selection_")}
-
-    def _restore_fitted(self, arrays: dict[str, np.ndarray], coords: dict[str, np.ndarray],
-                        fitted: dict[str, Any]) -> None:
-        from dem.engine.monitor import objective_of
-        from dem.families.gaussian_params import precisions_from_cholesky
-
-        self.weights_ = arrays["weights"]
-        self.means_ = arrays["means"]
-        self.covariances_ = arrays["covariances"]
-        self.precisions_cholesky_ = arrays["precisions_cholesky"]
-        K, D = self.means_.shape
-        expected = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[self.covariance_type]
-        if self.weights_.shape != (K,) or self.covariances_.shape != expected \
-                or self.precisions_cholesky_.shape != expected:
-            raise ValueError(f"array shapes do not fit {K} components × {D} features "
-                             f"({self.covariance_type} covariances)")
-        self.precisions_ = precisions_from_cholesky(self.precisions_cholesky_, self.covariance_type)
-        if fitted.get("legacy"):
-            fitted = {"converged_": fitted.get("converged"), "n_iter_": fitted.get("n_iter"),
-                      "lower_bound_": fitted.get("lower_bound"),
-                      "lower_bounds_": [objective_of(h) for h in self.history_]}
-        for k, v in fitted.items():
-            if v is not None and k.endswith("_"):
-                setattr(self, k, v)
-        self.converged_ = bool(self.converged_)
-        self.n_iter_ = int(self.n_iter_)
-        self.lower_bound_ = float(self.lower_bound_)
-        self.n_components_ = K
-        self.n_features_in_ = D
-        feats = coords.get("feature", np.arange(D))
-        self.feature_names_ = None if np.array_equal(feats, np.arange(len(feats))) else feats
-
-    def params_dataset(self) -> Any:
-        """The fitted parameters as an ``xarray.Dataset`` with dims (component, feature, feature_).
-
-        Variables ``weights``, ``means``, ``covariances``, ``precisions`` and
-        ``precisions_cholesky``; the ``feature`` coordinates are those of the
-        data the model was fitted on (a DataArray's, or a Zarr group's
-        ``feature`` array), else 0..D-1.
-        """
-        import xarray as xr
-
-        arrays = self._fitted_arrays()
-        arrays["precisions"] = (self._cov_dims(), np.asarray(self.precisions_))
-        ds = xr.Dataset({k: arrays[k] for k in ("weights", "means", "covariances", "precisions",
-                                                 "precisions_cholesky")}, coords=self._fitted_coords())
-        ds.attrs = {"covariance_type": self.covariance_type, "converged": bool(self.converged_),
-                    "n_iter": int(self.n_iter_), "lower_bound": float(self.lower_bound_)}
-        return ds
+    ks = [label["n_components"] for _, label in members]
+    winners = {k: outcome.best_index([i for i, kk in enumerate(ks) if kk == k]) for k in dict.fromkeys(ks)}
+    if len(winners) == 1:
+        return next(iter(winners.values())), []
+    idx = list(winners.values())
+    stats = passes.evaluate([Evaluation(members[i][0], outcome.runs[i].result()) for i in idx])
+    n = passes.n_samples
+    table = []
+    for (k, i), s in zip(winners.items(), stats):
+        p = members[i][0].n_parameters(passes.n_features)
+        ll = float(s.log_likelihood)
+        table.append({"n_components": k, "log_likelihood": ll, "mean_log_likelihood": ll / s.weight_sum,
+                      "n_parameters": p, "bic": -2.0 * ll + p * math.log(n), "aic": -2.0 * ll + 2.0 * p,
+                      "n_iter": outcome.runs[i].iterations, "converged": outcome.runs[i].converged})
+    best_k = min(table, key=lambda row: row["bic"])["n_components"]
+    return winners[best_k], table
 
 
 ESTIMATORS = [GaussianMixture]
