@@ -135,36 +135,39 @@ def _pack_loops(block: Any, centre: Any, G: Any) -> None:  # pragma: no cover - 
 
 
 _JIT_LOCK = threading.Lock()
-_JIT: dict[str, Callable | None] = {}
+#: Compiled packing loops still to try, best first (cached, then uncached); empty: numpy.
+_JIT: dict[str, list[Callable]] = {}
 
 
-def _jit_pack() -> Callable | None:
-    """numba's compiled :func:`_pack_loops`, or None where numba is missing or fails."""
+def _jit_candidates() -> list[Callable]:
     with _JIT_LOCK:
         if "pack" not in _JIT:
             try:
                 import numba
             except ImportError:
-                _JIT["pack"] = None
+                _JIT["pack"] = []
             else:
-                _JIT["pack"] = numba.njit(cache=True, nogil=True, boundscheck=False)(_pack_loops)
+                opts = dict(nogil=True, boundscheck=False)
+                # A read-only install has nowhere to cache: the same loop compiled per process.
+                _JIT["pack"] = [numba.njit(cache=True, **opts)(_pack_loops), numba.njit(**opts)(_pack_loops)]
         return _JIT["pack"]
 
 
-def pack_block(block: np.ndarray, centre: np.ndarray, G: np.ndarray, jit: bool = True) -> None:
+def pack_block(block: np.ndarray, centre: np.ndarray, G: np.ndarray) -> None:
     """Fill ``G`` (P + D + 1, rows) from ``block`` (rows, D) centred on ``centre`` (G's dtype).
 
     Uses a numba-compiled loop when numba is installed (one pass over the
     block), else numpy; both give the same bits.
     """
-    fn = _jit_pack() if jit else None
-    if fn is not None and block.dtype == G.dtype and block.flags.c_contiguous:
-        try:
-            fn(block, centre, G)
-            return
-        except Exception:  # a JIT that cannot compile here (or cache): numpy does the same
-            with _JIT_LOCK:
-                _JIT["pack"] = None
+    if block.dtype == G.dtype and block.flags.c_contiguous:
+        for fn in list(_jit_candidates()):
+            try:
+                fn(block, centre, G)
+                return
+            except Exception:  # a JIT that cannot compile or cache here: try the next, then numpy
+                with _JIT_LOCK:
+                    if fn in _JIT["pack"]:
+                        _JIT["pack"].remove(fn)
     _pack_numpy(block, centre, G)
 
 

@@ -32,9 +32,9 @@ from dem.families.gaussian_packed import packed_size, pack_block, second_moments
 BLOCK_BYTES = 1 << 20
 
 
-def stack_block_rows(n_features: int, itemsize: int) -> int:
-    """Rows per block; never a function of the members, whose sums would then depend on each other."""
-    width = packed_size(n_features) + n_features + 1
+def stack_block_rows(n_features: int, itemsize: int, n_stack: int) -> int:
+    """Rows per block: the packed block and the stack's log-densities fill about BLOCK_BYTES."""
+    width = packed_size(n_features) + n_features + 1 + n_stack
     return int(max(128, min(8192, BLOCK_BYTES // (width * itemsize))))
 
 
@@ -71,12 +71,11 @@ def stacked_sums(comps_list: list[gk.Components], part: Partition, centre: np.nd
         prep_w = gk.prepare(gk.Components("full", means[iw], pcs[iw], const[iw]), centre).astype(dtype)
     P = packed_size(D)
     centre_w = centre.astype(dtype)
-    rows = stack_block_rows(D, np.dtype(dtype).itemsize)
+    rows = stack_block_rows(D, np.dtype(dtype).itemsize, R * K)
     spaces: dict[int, _Space] = {}
 
     log_lik = np.zeros(R)
     resp_ent = np.zeros(R)
-    weight_sum = 0.0
     nk = np.zeros(R * K)
     about_c = np.zeros((P + D, ie.size))      # Σ r [x_i x_j, x] of the expanded rows, about c
     s1_w = np.zeros((iw.size, D))             # Σ r (x − m) of the whitened rows
@@ -117,14 +116,12 @@ def stacked_sums(comps_list: list[gk.Components], part: Partition, centre: np.nd
         if sample_key is not None:
             resp = gk.draw_labels(LP, sample_key, start + a)
         if part.weights is None:
-            weight_sum += m
             for r in range(R):
                 log_lik[r] += lse[r].sum()
                 if entropy:
                     resp_ent[r] += plogp[r].sum()
         else:
             w = gk.checked_weights(part.weights, a, a + m, start)
-            weight_sum += w.sum()
             for r in range(R):
                 log_lik[r] += lse[r] @ w
                 if entropy:
@@ -140,6 +137,8 @@ def stacked_sums(comps_list: list[gk.Components], part: Partition, centre: np.nd
         if iw.size:
             _whitened_moments(s1_w, s2_w, XcT, resp[iw], prep_w.centred_means, ws.wh)
 
+    # One sum over the partition, whatever the block size (which depends on the stack).
+    weight_sum = float(n) if part.weights is None else float(np.sum(part.weights, dtype=np.float64))
     first = np.zeros((R * K, D))
     second = np.zeros((R * K, D, D))
     if ie.size:

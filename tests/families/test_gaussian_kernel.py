@@ -23,7 +23,7 @@ from dem.families.gaussian_mixture import GaussianMixtureFamily
 def packing(request, monkeypatch):
     """Run a test with numba's packing loop and with the numpy fallback."""
     if request.param == "numpy":
-        monkeypatch.setitem(gp._JIT, "pack", None)
+        monkeypatch.setitem(gp._JIT, "pack", [])
     return request.param
 
 
@@ -63,6 +63,18 @@ def test_packed_block_holds_products_centred_rows_and_ones(packing, dtype):
     np.testing.assert_array_equal(G[:P], (x[:, iu[0]] * x[:, iu[1]]).T)
     np.testing.assert_array_equal(G[P:P + D], x.T)
     np.testing.assert_array_equal(G[P + D], np.ones(B, dtype))
+
+
+def test_a_jit_that_fails_falls_back_to_numpy(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("cannot cache function: no locator available")
+
+    monkeypatch.setitem(gp._JIT, "pack", [broken])
+    block = np.arange(12.0).reshape(4, 3)
+    G = np.empty((gp.packed_size(3) + 4, 4))
+    gp.pack_block(block, np.zeros(3), G)
+    np.testing.assert_array_equal(G[6:9], block.T)
+    assert gp._JIT["pack"] == []
 
 
 def test_expanded_coefficients_give_log_densities():
