@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="w1: BLAS threads of scikit-learn (2 = the cores dem's two workers use)")
     p.add_argument("--no-w1-sklearn", action="store_true", help="w1: skip scikit-learn")
     p.add_argument("--restarts", type=int, default=8, help="restarts: n_init compared with n_init=1")
+    p.add_argument("--unfused", action="store_true",
+                   help="w1/restarts: one task per partition (Executor fuse=False), so both workers share "
+                        "W1's 8 partitions where the executor would fuse them into one task")
     p.add_argument("--restarts-iters", type=int, default=4, help="restarts: EM iterations per fit (tol=0)")
     p.add_argument("--workers", type=int, default=2, help="LocalCluster workers (1 thread each); also Spark local[N]")
     p.add_argument("--peers", default="sklearn,spark", help="comma-separated peers: sklearn, spark, or none")
@@ -396,7 +399,8 @@ def _kernel_rows(run: Runner, out: dict, w1: dict, modes: set[str], args: argpar
     ds32 = workloads.ensure_dataset(args.data_dir, args.n, args.d, args.k, "float32", args.seed, args.chunk_rows)
     init = workloads.ensure_initial_parameters(args.data_dir, ds["path"], args.k, args.seed)
     out.setdefault("datasets", {}).update({"W1": ds, "W1-float32": ds32})
-    base = {**w1, "path": ds["path"], "path32": ds32["path"], "init": init, "rounds": args.rounds, "cache": True}
+    base = {**w1, "path": ds["path"], "path32": ds32["path"], "init": init, "rounds": args.rounds, "cache": True,
+            "unfused": args.unfused}
     if "w1" in modes:
         print(f"W1 kernel: N={args.n:,} D={args.d} K={args.k} {args.covariance_type}, {args.iters} iterations, "
               f"{args.rounds} alternating rounds of dem float64 / float32 / scikit-learn "
