@@ -276,3 +276,29 @@ def test_stacked_members_keep_tempering_and_entropy():
         lp = np.stack([np.log(weights[k]) + multivariate_normal(means[k], cov[k]).logpdf(X) for k in range(K)], 1)
         r = np.exp(0.5 * lp - logsumexp(0.5 * lp, axis=1, keepdims=True))
         np.testing.assert_allclose(acc["resp_entropy"], (r * np.log(r)).sum(), rtol=1e-10)
+
+
+def test_sampled_assignments_are_labels_drawn_from_the_posterior():
+    # Stochastic EM: each row's label is drawn with its own uniform (key, global row);
+    # the moments are those of the rows each label collects, whatever the partitioning.
+    from dem.data.row_random import row_uniforms
+
+    rng = np.random.default_rng(8)
+    K, D, n = 3, 2, 1500
+    weights, means, cov = _random_full(rng, K, D, scale=1.0)
+    X = rng.normal(scale=2.0, size=(n, D))
+    fam = GaussianMixtureFamily(K, "full")
+    params = fam.params_from(weights, means, covariances=cov)
+    key = (3, 1, 4)
+    lp = np.stack([np.log(weights[k]) + multivariate_normal(means[k], cov[k]).logpdf(X) for k in range(K)], 1)
+    resp = np.exp(lp - logsumexp(lp, axis=1, keepdims=True))
+    cdf = np.cumsum(resp, axis=1)
+    labels = np.minimum((cdf < row_uniforms(key, 0, n)[:, None] * cdf[:, -1:]).sum(axis=1), K - 1)
+    whole = fam.e_step_sampled(params, Partition(X), key)
+    halves = [fam.e_step_sampled(params, Partition(X[a:b], start=a), key) for a, b in ((0, 700), (700, n))]
+    for stats in (whole, halves[0] + halves[1]):
+        np.testing.assert_array_equal(stats.resp_sum, np.bincount(labels, minlength=K))
+        for k in range(K):
+            d = X[labels == k] - means[k]
+            np.testing.assert_allclose(stats.second_moment[k], d.T @ d, rtol=1e-10)
+        np.testing.assert_allclose(stats.log_likelihood, logsumexp(lp, axis=1).sum(), rtol=1e-12)
