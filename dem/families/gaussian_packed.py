@@ -94,6 +94,23 @@ def second_moments_about_means(packed: np.ndarray, first: np.ndarray, resp_sum: 
     return s1 - resp_sum[:, None] * mu, S
 
 
+def collapsed(packed: np.ndarray, second: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Which expanded components' rows turned out tighter than the bound assumed.
+
+    The bound takes the spread from the parameters the E-step ran under; a
+    component whose rows sit much closer together (one collapsing onto a
+    point) has its moments, rounded to ``eps·Σ r ‖x − c‖²``, read against a
+    far smaller covariance. ``packed`` (P, K) holds ``Σ r x_i x_j`` about the
+    centre, ``second`` (K, D, D) the moments about the means; a component
+    fails when ``eps·Σ r ‖x − c‖² > √eps · λ_min(second)``.
+    """
+    D = second.shape[-1]
+    iu = np.triu_indices(D)
+    spread_c = packed[iu[0] == iu[1]].sum(axis=0)  # Σ r ‖x − c‖²
+    lam = np.linalg.eigvalsh(second)[:, 0]
+    return (spread_c > 0) & (np.finfo(dtype).eps * spread_c > tolerance(dtype) * np.maximum(lam, 0.0))
+
+
 # -- filling G ---------------------------------------------------------------------
 
 
@@ -189,9 +206,14 @@ class Split:
 
 
 def split_components(centred_means: np.ndarray, precisions_cholesky: np.ndarray, const: np.ndarray,
-                     dtype: np.dtype) -> Split:
-    """The components (rows of a stack) whose rounding bound admits the expanded form."""
+                     dtype: np.dtype, refuse: np.ndarray | None = None) -> Split:
+    """The components (rows of a stack) whose rounding bound admits the expanded form.
+
+    ``refuse`` (boolean, one per row) sends components to the whitened path whatever their bound.
+    """
     ok = rounding_bound(centred_means, precisions_cholesky, dtype) <= tolerance(dtype)
+    if refuse is not None:
+        ok &= ~refuse
     idx = np.flatnonzero(ok)
     coef = expanded_coefficients(centred_means[idx], precisions_cholesky[idx], np.asarray(const)[idx])
     return Split(idx, np.flatnonzero(~ok), np.ascontiguousarray(coef, dtype=dtype))

@@ -24,7 +24,9 @@ import numpy as np
 
 from dem.data.record import Partition
 from dem.families import gaussian_kernel as gk
-from dem.families.gaussian_packed import packed_size, pack_block, second_moments_about_means, split_components
+from dem.families.gaussian_packed import (
+    collapsed, packed_size, pack_block, second_moments_about_means, split_components,
+)
 
 #: Bytes of the packed block ``G`` the block size aims at. Large enough that the
 #: dozen numpy calls per block cost little against the arithmetic, small enough
@@ -51,8 +53,14 @@ class _Space:
 
 def stacked_sums(comps_list: list[gk.Components], part: Partition, centre: np.ndarray, dtype: np.dtype, *,
                  beta: float = 1.0, sample_key: tuple[int, ...] | None = None,
-                 entropy: bool = False) -> list[dict[str, Any]]:
-    """Each member's float64 sums over ``part`` (see :func:`gaussian_kernel.e_step_sums`)."""
+                 entropy: bool = False, refuse: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Each member's float64 sums over ``part`` (see :func:`gaussian_kernel.e_step_sums`).
+
+    ``refuse`` (boolean, one per component of the stack) whitens those
+    components whatever their bound. A component whose rows turn out far
+    tighter than its parameters said (see :func:`gaussian_packed.collapsed`)
+    is evaluated again whitened: the partition is read a second time.
+    """
     X, start = part.X, part.start
     n, D = X.shape
     R, K = len(comps_list), comps_list[0].n_components
@@ -64,7 +72,7 @@ def stacked_sums(comps_list: list[gk.Components], part: Partition, centre: np.nd
     pcs = np.concatenate([c.precisions_cholesky for c in comps_list])
     const = np.concatenate([np.asarray(c.const, dtype=np.float64) for c in comps_list])
     cm = means - centre
-    split = split_components(cm, pcs, const, dtype)
+    split = split_components(cm, pcs, const, dtype, refuse)
     ie, iw = split.expanded, split.whitened
     prep_w = None
     if iw.size:
@@ -143,6 +151,12 @@ def stacked_sums(comps_list: list[gk.Components], part: Partition, centre: np.nd
     second = np.zeros((R * K, D, D))
     if ie.size:
         first[ie], second[ie] = second_moments_about_means(about_c[:P], about_c[P:], nk[ie], cm[ie])
+        bad = collapsed(about_c[:P], second[ie], dtype)
+        if bad.any():
+            again = np.zeros(R * K, dtype=bool) if refuse is None else refuse.copy()
+            again[ie[bad]] = True
+            return stacked_sums(comps_list, part, centre, dtype, beta=beta, sample_key=sample_key,
+                                entropy=entropy, refuse=again)
     if iw.size:
         # The whitened moments are about the means rounded to the working precision.
         delta = prep_w.centred_means.astype(np.float64) - cm[iw]

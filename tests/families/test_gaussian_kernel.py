@@ -302,3 +302,20 @@ def test_sampled_assignments_are_labels_drawn_from_the_posterior():
             d = X[labels == k] - means[k]
             np.testing.assert_allclose(stats.second_moment[k], d.T @ d, rtol=1e-10)
         np.testing.assert_allclose(stats.log_likelihood, logsumexp(lp, axis=1).sum(), rtol=1e-12)
+
+
+def test_a_component_collapsing_onto_a_point_gets_exact_moments():
+    # The bound reads the spread from the current parameters (σ = 1); the rows of the
+    # second component sit exactly on its mean, so its new covariance is reg_covar
+    # alone, and moments rounded to eps·‖x − c‖² (~1e-10 here) would be read against
+    # 1e-6. The kernel notices and whitens that component.
+    rng = np.random.default_rng(4)
+    X = np.concatenate([rng.normal(size=(300, 2)), np.full((50, 2), 100.0)])
+    fam = GaussianMixtureFamily(2, "full")
+    params = fam.params_from(np.array([0.5, 0.5]), np.array([[0.0, 0.0], [100.0, 100.0]]),
+                             covariances=np.stack([np.eye(2)] * 2))
+    stats = fam.e_step(params, Partition(X))
+    _, nk, first, second = _direct(X, np.ones(len(X)), params.weights, params.means, params.covariances)
+    assert np.abs(stats.second_moment[1]).max() <= 1e-12 * nk[1]
+    np.testing.assert_allclose(stats.second_moment[0], second[0], rtol=1e-10)
+    np.testing.assert_allclose(stats.resp_sum, nk, rtol=1e-12)
