@@ -149,6 +149,7 @@ def _kernel_sections(out: dict[str, Any]) -> list[str]:
             ["dem float32 (s/iter)", _spread(r.get("dem_float32_seconds_per_iter"), "{:.3f}")],
             ["scikit-learn (s/iter)", _spread(r.get("sklearn_seconds_per_iter"), "{:.3f}")],
             ["fraction of the limit, float64 (target >= 0.50)", _spread(r.get("fraction_of_limit"))],
+            ["  the same against the E-step tasks' busy time per worker", _spread(r.get("estep_fraction_of_limit"))],
             ["float32 speed-up over float64 (target >= 1.8)", _spread(r.get("float32_speedup"))],
             ["scikit-learn / dem float64", _spread(r.get("sklearn_over_dem"))],
         ]
