@@ -152,12 +152,14 @@ def final_mean_log_likelihood(X: np.ndarray, weights: Any, means: Any, covarianc
     """Mean log-likelihood of ``X`` under the given parameters (the same code for every peer)."""
     from threadpoolctl import threadpool_limits
 
-    from dem.families.gmm import GaussianMixtureModel
+    from dem.data.record import Partition
+    from dem.families.gaussian_mixture import GaussianMixtureFamily
 
-    model = GaussianMixtureModel(len(weights), covariance_type)
-    params = model.params_from(np.asarray(weights), np.asarray(means), covariances=np.asarray(covariances))
+    family = GaussianMixtureFamily(len(weights), covariance_type)
+    params = family.params_from(np.asarray(weights), np.asarray(means), covariances=np.asarray(covariances))
     with threadpool_limits(limits=1, user_api="blas"):
-        return float(model.e_step(params, X).mean_log_likelihood)
+        stats = family.e_step(params, Partition(np.asarray(X, dtype=np.float64)))
+    return float(family.objective(stats, params))
 
 
 def _steady(seconds: list[float], skip_first: bool = True) -> float | None:
@@ -457,8 +459,8 @@ def overhead(spec: dict[str, Any]) -> dict[str, Any]:
     """Many tiny partitions: what an iteration costs beyond the arithmetic.
 
     Besides dem's own per-iteration seconds, the driver-side time spent
-    building each iteration's graph (``Executor._leaves`` and the reduction
-    tree) and waiting for it (``Executor._compute``) is measured by wrapping
+    building each iteration's graph (``Executor._tree``, the fused leaves and
+    the reduction tree) and waiting for it (``Executor._compute``) is measured by wrapping
     those methods in this process.
     """
     import dem
@@ -468,7 +470,7 @@ def overhead(spec: dict[str, Any]) -> dict[str, Any]:
     X = workloads.overhead_data(n_parts, rows, spec.get("seed", 0))
     init = workloads.initial_parameters_from_sample(X[:: max(1, len(X) // 10_000)], spec["k"], spec.get("seed", 0))
     timers = {"build": [], "compute": []}
-    orig_leaves, orig_compute, orig_tree = ex.Executor._leaves, ex.Executor._compute, ex.tree_reduce
+    orig_leaves, orig_compute = ex.Executor._tree, ex.Executor._compute
 
     def leaves(self: Any, *a: Any, **kw: Any) -> Any:
         t0 = time.perf_counter()
@@ -477,13 +479,6 @@ def overhead(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             timers["build"].append(time.perf_counter() - t0)
 
-    def tree(*a: Any, **kw: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return orig_tree(*a, **kw)
-        finally:
-            timers["build"][-1] += time.perf_counter() - t0
-
     def compute(self: Any, *a: Any, **kw: Any) -> Any:
         t0 = time.perf_counter()
         try:
@@ -491,7 +486,8 @@ def overhead(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             timers["compute"].append(time.perf_counter() - t0)
 
-    ex.Executor._leaves, ex.Executor._compute, ex.tree_reduce = leaves, compute, tree
+    # (_tree builds the fused leaves and calls tree_reduce itself: one timer covers both)
+    ex.Executor._tree, ex.Executor._compute = leaves, compute
     result: dict[str, Any] = {"partitions": n_parts, "rows_per_partition": rows, "client": spec["client"]}
     profile = None
     try:
@@ -518,7 +514,7 @@ def overhead(spec: dict[str, Any]) -> dict[str, Any]:
                 result["peak_rss_workers_mb"] = {a: round(w["peak_rss_mb"], 1)
                                                  for a, w in workers_info(client).items()}
     finally:
-        ex.Executor._leaves, ex.Executor._compute, ex.tree_reduce = orig_leaves, orig_compute, orig_tree
+        ex.Executor._tree, ex.Executor._compute = orig_leaves, orig_compute
     seconds = [h["seconds"] for h in est.history_]
     # The E-step passes are the last `iters` map-reduces (initialisation made none: all params given).
     build, comp = timers["build"][-len(seconds):], timers["compute"][-len(seconds):]

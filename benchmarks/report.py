@@ -125,6 +125,54 @@ def _workers_peak(row: dict[str, Any]) -> str:
     return "—"
 
 
+def _spread(s: dict[str, Any] | None, fmt: str = "{:.2f}") -> str:
+    if not s or s.get("median") is None:
+        return "—"
+    return f"{fmt.format(s['median'])} [{fmt.format(s['min'])}–{fmt.format(s['max'])}]"
+
+
+def _kernel_sections(out: dict[str, Any]) -> list[str]:
+    """The w1 and restarts modes: median [min–max] over alternating rounds."""
+    parts: list[str] = []
+    cfg = out["config"]
+    for r in [r for r in out["rows"] if r.get("group") == "kernel"]:
+        parts += ["", f"W1 kernel: N={cfg['n']:,} D={cfg['d']} K={cfg['k']} {cfg['covariance_type']}, "
+                      f"{cfg['iters']} iterations, 2 single-threaded workers, data cached on them; "
+                      f"median [min–max] of {cfg.get('rounds')} alternating rounds"]
+        if r.get("status") != "ok":
+            parts.append(f"  {r.get('status')}: {r.get('reason')}")
+            continue
+        body = [
+            ["workers' dgemm, summed (GFLOP/s)", _spread(r.get("workers_dgemm_gflops"), "{:.1f}")],
+            ["limit: 4·N·K·D² at that rate (s/iter)", _spread(r.get("limit_seconds"), "{:.3f}")],
+            ["dem float64 (s/iter)", _spread(r.get("dem_float64_seconds_per_iter"), "{:.3f}")],
+            ["dem float32 (s/iter)", _spread(r.get("dem_float32_seconds_per_iter"), "{:.3f}")],
+            ["scikit-learn (s/iter)", _spread(r.get("sklearn_seconds_per_iter"), "{:.3f}")],
+            ["fraction of the limit, float64 (target >= 0.50)", _spread(r.get("fraction_of_limit"))],
+            ["  the same against the E-step tasks' busy time per worker", _spread(r.get("estep_fraction_of_limit"))],
+            ["float32 speed-up over float64 (target >= 1.8)", _spread(r.get("float32_speedup"))],
+            ["scikit-learn / dem float64", _spread(r.get("sklearn_over_dem"))],
+        ]
+        parts.append(_table(["figure", "median [min–max]"], body))
+        if r.get("worker_blas"):
+            parts.append("  workers' BLAS: " + "; ".join(r["worker_blas"]))
+        if r.get("dem_vs_sklearn_lower_bound_max_abs_difference") is not None:
+            parts.append(f"  dem vs scikit-learn final lower bound: max |Δ| = "
+                         f"{r['dem_vs_sklearn_lower_bound_max_abs_difference']:.2e}")
+    for r in [r for r in out["rows"] if r.get("group") == "restarts"]:
+        parts += ["", f"restarts: n_init={r.get('restarts', '?')} against n_init=1 (s/iter, data cached on "
+                      f"2 single-threaded workers), median [min–max] of {cfg.get('rounds')} rounds"]
+        if r.get("status") != "ok":
+            parts.append(f"  {r.get('status')}: {r.get('reason')}")
+            continue
+        parts.append(_table(["figure", "median [min–max]"], [
+            ["n_init=1 (s/iter)", _spread(r.get("one_seconds_per_iter"), "{:.3f}")],
+            [f"n_init={r.get('restarts')} (s/iter)", _spread(r.get("many_seconds_per_iter"), "{:.3f}")],
+            ["ratio (target <= 5)", _spread(r.get("ratio"))],
+        ]))
+    return parts
+
+
 def render(out: dict[str, Any]) -> str:
     cfg = out["config"]
     parts = []
@@ -139,6 +187,7 @@ def render(out: dict[str, Any]) -> str:
         parts.append("GEMM 2000x2000 best GFLOP/s (before, after):  " + "  ".join(
             f"{k} " + "/".join(_f(r.get(k, {}).get("best_gflops"), "{:.1f}") for r in bl)
             for k in ("dgemm_1t", "dgemm_2t", "sgemm_1t", "sgemm_2t")))
+    parts += _kernel_sections(out)
     for group, title in (("W1", f"W1: N={cfg['n']:,} D={cfg['d']} K={cfg['k']} {cfg['covariance_type']}, "
                                 f"{cfg['iters']} iterations (s/iter = median of iterations 2..n)"),
                          ("float32", "W1 in float32")):

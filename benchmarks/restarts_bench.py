@@ -1,62 +1,56 @@
-"""R restarts sharing each data pass vs one fit, streaming from Zarr (issue #5).
+"""R restarts sharing each data pass against one fit, in this process.
 
-    python -m benchmarks.restarts_bench [--n 1000000 --d 16 --k 16 --restarts 8 --iters 3]
+    flock /work/.heavy.lock python -m benchmarks.restarts_bench [--n 1000000 --restarts 8 --rounds 3]
 
-Both fits stream every iteration from the same Zarr group (cache=False) on a
-LocalCluster of two single-threaded workers, from the same kind of start
-(random_from_data, tol=0). Reports the median seconds per iteration of each
-and their ratio; the issue's target is R=8 at most 3x one fit, which holds
-when reading dominates an iteration (object stores, slow disks) and not when
-the E-step does (data in the page cache on two cores): the I/O is shared,
-the arithmetic is not.
+The same measurement as ``python -m benchmarks.run --mode restarts``
+(:func:`benchmarks.kernel_bench.restarts`): per round, a fresh LocalCluster
+of two single-threaded workers fits ``n_init=1`` and ``n_init=R`` (same
+``init_params``, ``tol=0``), alternating which goes first; the ratio of
+seconds per iteration is reported as median and spread over the rounds.
+``--stream`` reads every partition from Zarr in every iteration
+(``cache=False``) instead of caching the data on the workers.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-import time
-import warnings
+import json
 
-import numpy as np
+from benchmarks import kernel_bench, workloads
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--d", type=int, default=16)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--restarts", type=int, default=8)
-    ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--covariance-type", default="full")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--data-dir", default=os.environ.get("DEM_BENCH_DATA", tempfile.gettempdir()))
-    args = ap.parse_args()
+    ap.add_argument("--iters", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    ap.add_argument("--stream", action="store_true", help="cache=False: read Zarr in every iteration")
+    ap.add_argument("--init-params", default="random_from_data")
+    ap.add_argument("--data-dir", default=workloads.default_data_dir())
+    ap.add_argument("--out", default=None, help="write the result as JSON here")
+    args = ap.parse_args(argv)
 
-    import dem
-    from dem.data.generate import generate_dataset
-    from distributed import Client, LocalCluster
-
-    path = os.path.join(args.data_dir, f"restarts-n{args.n}-d{args.d}-k{args.k}-{args.dtype}.zarr")
-    if not os.path.exists(path):
-        generate_dataset(path, args.n, args.d, args.k, chunk_rows=62_500, dtype=args.dtype, seed=0)
-    warnings.simplefilter("ignore")
-    rows = []
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        for r in (1, args.restarts):
-            t0 = time.perf_counter()
-            est = dem.GaussianMixture(args.k, covariance_type=args.covariance_type, n_init=r, max_iter=args.iters,
-                                      tol=0.0, init_params="random_from_data", random_state=0, cache=False,
-                                      client=client).fit(path)
-            per_iter = float(np.median([h["seconds"] for h in est.restarts_[0]["history"]]))
-            rows.append((r, per_iter, time.perf_counter() - t0))
-    print(f"data: {path} ({args.n:,} x {args.d} {args.dtype}), K={args.k} {args.covariance_type}, "
-          f"streaming from Zarr, 2 workers x 1 thread")
-    for r, per_iter, wall in rows:
-        print(f"  n_init={r:<3d} {per_iter:7.3f} s/iter   (whole fit incl. init {wall:6.1f} s)")
-    print(f"  ratio {args.restarts} restarts / 1: {rows[1][1] / rows[0][1]:.2f}x per iteration (target <= 3x)")
+    ds = workloads.ensure_dataset(args.data_dir, args.n, args.d, args.k, args.dtype, 0)
+    init = workloads.ensure_initial_parameters(args.data_dir, ds["path"], args.k, 0)
+    spec = {"n": args.n, "d": args.d, "k": args.k, "iters": args.iters, "workers": 2, "rounds": args.rounds,
+            "restarts": args.restarts, "path": ds["path"], "init": init, "partition_rows": 125_000,
+            "cache": not args.stream, "init_params": args.init_params}
+    res = kernel_bench.restarts(spec)
+    print(f"data: {ds['path']} ({args.n:,} x {args.d} {args.dtype}), K={args.k} full, "
+          f"{'streaming from Zarr' if args.stream else 'cached on the workers'}, 2 workers x 1 thread")
+    for r in res["rounds"]:
+        print(f"  round {r['round']}: n_init=1 {r['one']['seconds_per_iter']:.3f} s/iter, "
+              f"n_init={args.restarts} {r['many']['seconds_per_iter']:.3f} s/iter, ratio {r['ratio']:.2f}")
+    q = res["ratio"]
+    print(f"  ratio {args.restarts} restarts / 1: median {q['median']:.2f} [{q['min']:.2f}-{q['max']:.2f}] "
+          f"(target <= 5)")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1, default=str)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Any
 from benchmarks import report, workloads
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = ("memory", "zarr", "both", "overhead", "big", "all")
+MODES = ("w1", "restarts", "memory", "zarr", "both", "overhead", "big", "all")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,8 +43,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     w.add_argument("--chunk-rows", type=int, default=workloads.DEFAULT_CHUNK_ROWS, help="rows per Zarr chunk")
     w.add_argument("--partition-rows", type=int, default=125_000,
                    help="dem partition_rows (0: dem's own default)")
-    p.add_argument("--mode", default="both",
-                   help="comma-separated: memory, zarr, both (=memory,zarr), overhead, big, all")
+    p.add_argument("--mode", default="w1",
+                   help="comma-separated: w1 (dem float64/float32 vs the dgemm limit and scikit-learn, "
+                        "alternating rounds), restarts (n_init=R vs 1), memory, zarr, both (=memory,zarr), "
+                        "overhead, big, all")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="w1/restarts: alternating rounds; ratios are reported as median and spread over them")
+    p.add_argument("--w1-sklearn-threads", type=int, default=2,
+                   help="w1: BLAS threads of scikit-learn (2 = the cores dem's two workers use)")
+    p.add_argument("--no-w1-sklearn", action="store_true", help="w1: skip scikit-learn")
+    p.add_argument("--restarts", type=int, default=8, help="restarts: n_init compared with n_init=1")
+    p.add_argument("--unfused", action="store_true",
+                   help="w1/restarts: one task per partition (Executor fuse=False), so both workers share "
+                        "W1's 8 partitions where the executor would fuse them into one task")
+    p.add_argument("--restarts-iters", type=int, default=4, help="restarts: EM iterations per fit (tol=0)")
     p.add_argument("--workers", type=int, default=2, help="LocalCluster workers (1 thread each); also Spark local[N]")
     p.add_argument("--peers", default="sklearn,spark", help="comma-separated peers: sklearn, spark, or none")
     p.add_argument("--sklearn-threads", default="1,2", help="BLAS thread limits to run scikit-learn with")
@@ -89,7 +101,7 @@ def _modes(text: str) -> set[str]:
     if "both" in modes:
         modes |= {"memory", "zarr"}
     if "all" in modes:
-        modes |= {"memory", "zarr", "overhead", "big"}
+        modes |= {"w1", "restarts", "memory", "zarr", "overhead", "big"}
     return modes - {"both", "all"}
 
 
@@ -208,7 +220,16 @@ def machine_info() -> dict[str, Any]:
                                                "numcodecs", "scikit-learn", "threadpoolctl", "pyspark")},
         "env": {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_", "JAVA_HOME"))},
         "dem_code": code_fingerprint(),
+        "blas": _threadpools(),
     }
+
+
+def _threadpools() -> list[dict[str, Any]]:
+    """The driver's BLAS and OpenMP libraries, as threadpoolctl sees them."""
+    from threadpoolctl import threadpool_info
+
+    return [{k: i.get(k) for k in ("user_api", "internal_api", "version", "architecture", "num_threads",
+                                   "filepath")} for i in threadpool_info()]
 
 
 def code_fingerprint() -> dict[str, Any]:
@@ -221,8 +242,9 @@ def code_fingerprint() -> dict[str, Any]:
             return None
 
     files = {}
-    for rel in ("dem/models/gmm.py", "dem/core/executor.py", "dem/core/engine.py", "dem/data/partitions.py",
-                "dem/estimators.py"):
+    for rel in ("dem/families/gaussian_kernel.py", "dem/families/gaussian_packed.py",
+                "dem/families/gaussian_stack.py", "dem/families/gaussian_mixture.py", "dem/engine/executor.py",
+                "dem/engine/fitting.py", "dem/data/partitions.py"):
         try:
             with open(os.path.join(REPO_ROOT, rel), "rb") as f:
                 files[rel] = hashlib.sha256(f.read()).hexdigest()[:12]
@@ -254,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
           "seed": args.seed, "partition_rows": prows, "workers": args.workers}
     blas_runs = [run("BLAS reference rates (before)", {"kind": "blas"}, timeout=600)]
     out["blas"] = blas_runs
+
+    if modes & {"w1", "restarts"}:
+        _kernel_rows(run, out, w1, modes, args)
 
     if modes & {"memory", "zarr"}:
         print(f"W1: N={args.n:,} D={args.d} K={args.k} {args.covariance_type} {args.dtype}, {args.iters} iterations")
@@ -366,6 +391,33 @@ def _w1_rows(run: Runner, out: dict, base: dict, modes: set[str], peers: list[st
                                         "log": res.get("log")})
             if res.get("status") not in ("ok", "not selected") or (res.get("status") == "ok" and not any(api in res for api in ("mllib", "ml"))):
                 out["rows"].append({**res, "name": f"spark local[{args.workers}]", "group": group, "engine": "spark"})
+
+
+def _kernel_rows(run: Runner, out: dict, w1: dict, modes: set[str], args: argparse.Namespace) -> None:
+    """W1 against the dgemm limit, float32 and scikit-learn; restarts against one fit (kernel_bench)."""
+    ds = workloads.ensure_dataset(args.data_dir, args.n, args.d, args.k, "float64", args.seed, args.chunk_rows)
+    ds32 = workloads.ensure_dataset(args.data_dir, args.n, args.d, args.k, "float32", args.seed, args.chunk_rows)
+    init = workloads.ensure_initial_parameters(args.data_dir, ds["path"], args.k, args.seed)
+    out.setdefault("datasets", {}).update({"W1": ds, "W1-float32": ds32})
+    base = {**w1, "path": ds["path"], "path32": ds32["path"], "init": init, "rounds": args.rounds, "cache": True,
+            "unfused": args.unfused}
+    if "w1" in modes:
+        print(f"W1 kernel: N={args.n:,} D={args.d} K={args.k} {args.covariance_type}, {args.iters} iterations, "
+              f"{args.rounds} alternating rounds of dem float64 / float32 / scikit-learn "
+              f"{args.w1_sklearn_threads}T / workers' dgemm")
+        out["rows"].append({**run("W1 kernel (dem f64, f32, sklearn, dgemm limit)",
+                                  {**base, "kind": "w1", "sklearn": not args.no_w1_sklearn,
+                                   "sklearn_threads": args.w1_sklearn_threads},
+                                  timeout=args.timeout * max(1, args.rounds)),
+                            "group": "kernel", "engine": "dem"})
+    if "restarts" in modes:
+        print(f"restarts: n_init={args.restarts} vs 1 on W1 float64 in memory, {args.restarts_iters} iterations, "
+              f"{args.rounds} rounds")
+        out["rows"].append({**run(f"W1 restarts ({args.restarts} vs 1)",
+                                  {**base, "kind": "restarts", "restarts": args.restarts,
+                                   "iters": args.restarts_iters, "init_params": "random_from_data"},
+                                  timeout=args.timeout * max(1, args.rounds)),
+                            "group": "restarts", "engine": "dem"})
 
 
 def _big(run: Runner, out: dict, args: argparse.Namespace) -> None:

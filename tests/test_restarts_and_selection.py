@@ -37,18 +37,26 @@ def grid_blobs():
 
 # -- restarts in one pass --------------------------------------------------
 
-def test_restarts_in_one_pass_equal_separate_fits_bitwise(grid_blobs):
+def test_restarts_in_one_pass_equal_separate_fits(grid_blobs):
+    # Restarts sharing a pass stack their components into one wider product,
+    # which BLAS may round differently from a product of one member's rows, so
+    # restart r equals the separate fit with random_state + r to rounding
+    # (tests/families/test_gaussian_kernel.py bounds one E-step's difference).
     X, _ = grid_blobs
     kw = dict(covariance_type="full", max_iter=15, tol=1e-6, partition_rows=1000)
     together = _quiet(dem.GaussianMixture(9, n_init=4, random_state=20, **kw), X)
     alone = [_quiet(dem.GaussianMixture(9, random_state=20 + r, **kw), X) for r in range(4)]
     for r, single in enumerate(alone):
-        assert together.restarts_[r]["lower_bound"] == single.lower_bound_
-        assert [h["objective"] for h in together.restarts_[r]["history"]] == single.lower_bounds_
-    best = int(np.argmax([s.lower_bound_ for s in alone]))
-    assert together.best_restart_ == best
+        np.testing.assert_allclose(together.restarts_[r]["lower_bound"], single.lower_bound_, rtol=1e-10)
+        np.testing.assert_allclose([h["objective"] for h in together.restarts_[r]["history"]],
+                                   single.lower_bounds_, rtol=1e-10)
+    # Restarts that reach the same optimum tie to rounding: the one chosen has the best bound.
+    bounds = np.array([s.lower_bound_ for s in alone])
+    chosen = together.best_restart_
+    assert bounds[chosen] >= bounds.max() - 1e-10 * abs(bounds.max())
     for name in FITTED:
-        assert np.array_equal(getattr(together, name), getattr(alone[best], name)), name
+        np.testing.assert_allclose(getattr(together, name), getattr(alone[chosen], name), rtol=1e-7,
+                                   atol=1e-9, err_msg=name)
 
 
 def test_restarts_read_each_partition_once_per_iteration(tmp_path, monkeypatch, grid_blobs):

@@ -257,7 +257,28 @@ def accumulate_moments(acc: dict, covariance_type: str, XcT: np.ndarray, RT: np.
             S2 += np.einsum("kb,kb->k", Z.sum(axis=1), RT)
 
 
-def e_step_sums(comps: Components, part: Partition, *, shift: np.ndarray, beta: float = 1.0,
+def data_centre(X: Any, dtype: np.dtype, max_rows: int = 1024) -> np.ndarray:
+    """A centre for the rows of X that depends on the data alone: the mean of a row sample.
+
+    Up to ``max_rows`` evenly spaced rows with finite values are averaged in
+    float64. Each coordinate is rounded to the spacing of ``dtype`` at the
+    sample's largest magnitude in that column, so subtracting it from a row
+    in the working precision is exact for the rows that set the scale (a
+    centre with finer bits would shift every far row by the same rounding);
+    the result is exactly representable in ``dtype``. Members evaluated
+    together therefore share the centre a lone fit uses.
+    """
+    n = X.shape[0]
+    sample = np.asarray(X[:: max(1, n // max_rows)], dtype=np.float64)
+    finite = np.isfinite(sample).all(axis=1)
+    if not finite.any():
+        return np.zeros(X.shape[1])
+    sample = sample[finite]
+    spacing = np.spacing(np.abs(sample).max(axis=0).astype(dtype)).astype(np.float64)
+    return np.round(sample.mean(axis=0) / spacing) * spacing
+
+
+def e_step_sums(comps: Components, part: Partition, *, shift: np.ndarray | None = None, beta: float = 1.0,
                 sample_key: tuple[int, ...] | None = None, entropy: bool = False) -> dict[str, Any]:
     """Float64 sums of one partition: log-likelihood, responsibilities and moments.
 
@@ -265,7 +286,9 @@ def e_step_sums(comps: Components, part: Partition, *, shift: np.ndarray, beta: 
     ----------
     comps : the components, with their constant terms
     part : the partition (``X``, optional ``weights``)
-    shift : (D,) centre the rows are taken about first (the mixture's mean)
+    shift : (D,) centre the rows are taken about first; None (the default)
+        takes :func:`data_centre` of the partition, which does not depend on
+        the parameters, so several members stack bit for bit
     beta : inverse temperature; responsibilities ``softmax(β · log p)`` and the
         per-row objective ``(1/β) log Σ_k exp(β log p_k)`` (β = 1: EM)
     sample_key : when given, each row's label is drawn from its responsibilities
@@ -279,6 +302,37 @@ def e_step_sums(comps: Components, part: Partition, *, shift: np.ndarray, beta: 
         NaN or inf in X (naming the global row and feature), or a negative or
         non-finite sample weight.
     """
+    return e_step_sums_members([comps], part, shift=shift, beta=beta, sample_key=sample_key,
+                               entropy=entropy)[0]
+
+
+def e_step_sums_members(comps_list: list[Components], part: Partition, *, shift: np.ndarray | None = None,
+                        beta: float = 1.0, sample_key: tuple[int, ...] | None = None,
+                        entropy: bool = False) -> list[dict[str, Any]]:
+    """:func:`e_step_sums` of several members (same covariance type and K) in one read.
+
+    Full covariances are evaluated as one stack: every member's components
+    are rows of one wider product (:mod:`dem.families.gaussian_stack`), and
+    each member's sums equal bit for bit those of evaluating it alone. Other
+    covariance types are evaluated member by member.
+    """
+    if not comps_list:
+        return []
+    X = part.X
+    dtype = work_dtype(X)
+    centre = data_centre(X, dtype) if shift is None else np.asarray(shift, dtype=np.float64)
+    if comps_list[0].covariance_type == "full":
+        from dem.families.gaussian_stack import stacked_sums  # (it builds on this module)
+
+        return stacked_sums(comps_list, part, centre, dtype, beta=beta, sample_key=sample_key,
+                            entropy=entropy)
+    return [_whitened_sums(c, part, centre, beta=beta, sample_key=sample_key, entropy=entropy)
+            for c in comps_list]
+
+
+def _whitened_sums(comps: Components, part: Partition, shift: np.ndarray, *, beta: float,
+                   sample_key: tuple[int, ...] | None, entropy: bool) -> dict[str, Any]:
+    """One member's sums by whitening (tied, diag and spherical covariances)."""
     X, row_offset = part.X, part.start
     n, D = X.shape
     prep = prepare(comps, shift).astype(work_dtype(X))
@@ -303,10 +357,9 @@ def e_step_sums(comps: Components, part: Partition, *, shift: np.ndarray, beta: 
             raise_non_finite(X, a, lse, row_offset)
         lp /= total  # responsibilities, (K, rows)
         if entropy:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                plogp = np.where(lp > 0, lp * np.log(lp, dtype=np.float64), 0.0).sum(axis=0)
+            plogp = resp_entropy(lp)
         if sample_key is not None:
-            lp = _draw_labels(lp, sample_key, row_offset + a)
+            lp = draw_labels(lp, sample_key, row_offset + a)
         w = None
         if part.weights is None:
             acc["log_likelihood"] += lse.sum()
@@ -322,7 +375,13 @@ def e_step_sums(comps: Components, part: Partition, *, shift: np.ndarray, beta: 
     return acc
 
 
-def _draw_labels(resp: np.ndarray, key: tuple[int, ...], first_row: int) -> np.ndarray:
+def resp_entropy(resp: np.ndarray) -> np.ndarray:
+    """``Σ_k r log r`` of each row (column) of responsibilities, in float64."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(resp > 0, resp * np.log(resp, dtype=np.float64), 0.0).sum(axis=-2)
+
+
+def draw_labels(resp: np.ndarray, key: tuple[int, ...], first_row: int) -> np.ndarray:
     """One-hot labels (K, rows) drawn from responsibilities with row-keyed uniforms."""
     K, m = resp.shape
     u = row_uniforms(key, first_row, m).astype(resp.dtype)

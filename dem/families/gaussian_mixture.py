@@ -222,12 +222,19 @@ class GaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasing, Sampled
             If the block holds NaN or inf (naming the global row), or a
             sample weight is negative or not finite.
         """
-        return self._stats(kernel.e_step_sums(self.components(params), part, shift=params.shift,
-                                              beta=self.beta))
+        return self._stats(kernel.e_step_sums(self.components(params), part, beta=self.beta))
+
+    def e_step_members(self, params: list[GMMParams], part: Partition) -> list[GMMStats]:
+        """Statistics of several members in one read of ``part``, their densities one wider product.
+
+        Each member's statistics are bitwise those of :meth:`e_step` alone:
+        the rows are centred on a point of the data, not of any member.
+        """
+        sums = kernel.e_step_sums_members([self.components(p) for p in params], part, beta=self.beta)
+        return [self._stats(acc) for acc in sums]
 
     def e_step_sampled(self, params: GMMParams, part: Partition, key: tuple[int, ...]) -> GMMStats:
-        return self._stats(kernel.e_step_sums(self.components(params), part, shift=params.shift,
-                                              sample_key=key))
+        return self._stats(kernel.e_step_sums(self.components(params), part, sample_key=key))
 
     def m_step(self, stats: GMMStats, params: GMMParams) -> GMMParams:
         return gmm_m_step(stats, params, self.covariance_type, self.reg_covar)
