@@ -33,8 +33,9 @@ Every iterate must reach ``L(θ1)`` (up to the monitor's round-off ``rtol``):
 Step bounds as the R package SQUAREM's ``squarem1`` manages them: ``|α|``
 starts bounded by ``step_max0 = 1``; when an accepted step sits on the bound
 the bound grows by ``mstep = 4``; when a rejected step sat on it, it shrinks
-by ``mstep`` (never below ``step_max0``). An ``α`` of exactly −1 makes
-``θ' = θ2``: the third pass is then a plain EM step at θ2, which is also what
+by ``mstep`` (never below ``step_max0``). An ``α`` of −1 makes ``θ' = θ2``:
+when ``|α + 1| ≤ 0.01`` the third pass is a plain EM step at θ2 (an iterate
+the convergence test sees, where θ' would not be), which is also what
 a cycle does when the family's coordinates of ``θ0, θ1, θ2`` are not
 comparable (an HMM probability that became exactly zero changes which
 coordinates are free).
@@ -74,6 +75,9 @@ from dem.families.base import Family, FlatParameters, Note, Stats
 STEP_MIN0 = 1.0
 STEP_MAX0 = 1.0
 MSTEP = 4.0
+#: Within this of −1, α gives θ' ≈ θ2 and the pass evaluates θ2 itself (squarem1 likewise
+#: skips its stabilising step there): a plain EM iterate, which the convergence test sees.
+NEAR_EM_STEP = 0.01
 
 # Phases of a cycle: which point the next pass evaluates (θ0, θ1, θ' or θ2, θ'').
 FIRST, SECOND, THIRD, STABILISED = 0, 1, 2, 3
@@ -178,8 +182,8 @@ class SquaremRun(MemberRun):
         r = u1 - u0
         v = (u2 - u1) - r
         self.alpha = alpha = step_length(r, v, self.step_min, self.step_max)
-        if alpha >= -1.0:
-            return  # θ' = θ2 exactly
+        if alpha >= -1.0 - NEAR_EM_STEP:
+            return  # θ' is θ2, or so close that θ2 itself (an iterate) is the better pass
         vector = u0 - 2.0 * alpha * r + alpha * alpha * v
         try:
             if not np.isfinite(vector).all():
