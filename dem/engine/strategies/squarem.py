@@ -34,7 +34,7 @@ Step bounds as the R package SQUAREM's ``squarem1`` manages them: ``|α|``
 starts bounded by ``step_max0 = 1``; when an accepted step sits on the bound
 the bound grows by ``mstep = 4``; when a rejected step sat on it, it shrinks
 by ``mstep`` (never below ``step_max0``). An ``α`` of −1 makes ``θ' = θ2``:
-when ``|α + 1| ≤ 0.01`` the third pass is a plain EM step at θ2 (an iterate
+when ``|α + 1| ≤ 0.1`` the third pass is a plain EM step at θ2 (an iterate
 the convergence test sees, where θ' would not be), which is also what
 a cycle does when the family's coordinates of ``θ0, θ1, θ2`` are not
 comparable (an HMM probability that became exactly zero changes which
@@ -75,9 +75,12 @@ from dem.families.base import Family, FlatParameters, Note, Stats
 STEP_MIN0 = 1.0
 STEP_MAX0 = 1.0
 MSTEP = 4.0
-#: Within this of −1, α gives θ' ≈ θ2 and the pass evaluates θ2 itself (squarem1 likewise
-#: skips its stabilising step there): a plain EM iterate, which the convergence test sees.
-NEAR_EM_STEP = 0.01
+#: Within this of −1 the pass evaluates θ2 itself, a plain EM iterate that the convergence
+#: test sees (θ' is no iterate). SqS3's |α| is about 1/(1 − λ) for EM's slowest rate λ, so
+#: |α| ≤ 1.1 means λ ≲ 0.1: EM is fast there, and on a well-separated mixture θ' would gain
+#: less than the pass by which it delays the convergence test. squarem1 skips its
+#: stabilising step within 0.01.
+NEAR_EM_STEP = 0.1
 
 # Phases of a cycle: which point the next pass evaluates (θ0, θ1, θ' or θ2, θ'').
 FIRST, SECOND, THIRD, STABILISED = 0, 1, 2, 3
@@ -118,7 +121,7 @@ def step_length(r: np.ndarray, v: np.ndarray, step_min: float, step_max: float) 
 
 
 class SquaremRun(MemberRun):
-    """One member iterating SQUAREM cycles (three passes each, four when a point is judged late)."""
+    """One member iterating SQUAREM cycles (three passes each; four when a stabilised point fails)."""
 
     strategy = "squarem"
 
