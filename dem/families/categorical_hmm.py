@@ -18,7 +18,7 @@ from dem.estimator.params import Integral, Interval, Real
 from dem.estimator.sequence import HMMEstimator, check_distribution
 from dem.families.base import FlatParameters
 from dem.families.hmm import (
-    HMMFamily, HMMStats, _simplex_from_vector, _simplex_to_vector, transitions_from_vector,
+    HMMFamily, HMMStats, simplex_rows_from_vector, simplex_rows_to_vector, transitions_from_vector,
     transitions_to_vector,
 )
 
@@ -113,17 +113,18 @@ class CategoricalHMMFamily(HMMFamily, FlatParameters):
         return [(cdf > random_state.rand()).argmax()]
 
     def to_vector(self, params: CategoricalHMMParams) -> np.ndarray:
-        return np.concatenate([transitions_to_vector(params),
-                               *[_simplex_to_vector(row) for row in params.emissionprob]])
+        """Log-ratio transitions and emission rows: only what ``params`` letters update."""
+        return np.concatenate([transitions_to_vector(params, self.params),
+                               simplex_rows_to_vector(params.emissionprob) if "e" in self.params
+                               else np.empty(0)])
 
     def from_vector(self, vector: np.ndarray, like: CategoricalHMMParams) -> CategoricalHMMParams:
-        startprob, transmat, rest = transitions_from_vector(vector, like)
-        rows, used = [], 0
-        for row in like.emissionprob:
-            r, k = _simplex_from_vector(rest[used:], row)
-            rows.append(r)
-            used += k
-        return CategoricalHMMParams(startprob, transmat, np.stack(rows))
+        """Parameters from :meth:`to_vector`'s coordinates; fixed parts and zeros come from ``like``."""
+        startprob, transmat, rest = transitions_from_vector(vector, like, self.params)
+        emissionprob = like.emissionprob
+        if "e" in self.params:
+            emissionprob, rest = simplex_rows_from_vector(rest, like.emissionprob)
+        return CategoricalHMMParams(startprob, transmat, emissionprob)
 
 
 class CategoricalHMM(HMMEstimator):

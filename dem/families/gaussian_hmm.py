@@ -185,14 +185,30 @@ class GaussianHMMFamily(HMMFamily, FlatParameters):
     # -- SQUAREM's unconstrained coordinates ------------------------------------------
 
     def to_vector(self, params: GaussianHMMParams) -> np.ndarray:
-        return np.concatenate([transitions_to_vector(params), params.means.ravel(),
-                               covariance_to_vector(params.covars, self.covariance_type)])
+        """Log-ratio transitions, means, Cholesky-log covariances: only what ``params`` letters update."""
+        return np.concatenate([
+            transitions_to_vector(params, self.params),
+            params.means.ravel() if "m" in self.params else np.empty(0),
+            covariance_to_vector(params.covars, self.covariance_type) if "c" in self.params else np.empty(0)])
 
     def from_vector(self, vector: np.ndarray, like: GaussianHMMParams) -> GaussianHMMParams:
-        startprob, transmat, rest = transitions_from_vector(vector, like)
-        n = like.means.size
-        covars = covariance_from_vector(rest[n:], self.covariance_type, np.shape(like.covars))
-        return GaussianHMMParams(startprob, transmat, rest[:n].reshape(like.means.shape), covars)
+        """Parameters from :meth:`to_vector`'s coordinates; fixed parts and zeros come from ``like``.
+
+        Raises
+        ------
+        CollapsedComponentError
+            If a covariance is not positive definite in floating point.
+        """
+        startprob, transmat, rest = transitions_from_vector(vector, like, self.params)
+        means, covars = like.means, like.covars
+        if "m" in self.params:
+            n = like.means.size
+            means, rest = rest[:n].reshape(like.means.shape), rest[n:]
+        if "c" in self.params:
+            covars = covariance_from_vector(rest, self.covariance_type, np.shape(like.covars))
+        out = GaussianHMMParams(startprob, transmat, means, covars)
+        self.prepare(out)  # refuses a covariance that is not positive definite in floating point
+        return out
 
 
 class GaussianHMM(HMMEstimator):

@@ -28,12 +28,13 @@ from scipy.special import logsumexp
 
 from dem.data.record import Partition
 from dem.data.row_random import row_uniforms
+from dem.errors import CollapsedComponentError
 from dem.families import gaussian_kernel as kernel
 from dem.families.base import (
     Family, FlatParameters, Note, Rebasing, SampledAssignments, Stats, Tempering,
 )
 from dem.families.gaussian_params import (
-    GMMParams, compute_precision_cholesky, covariance_from_vector, covariance_to_vector,
+    COLLAPSE_ADVICE, GMMParams, compute_precision_cholesky, covariance_from_vector, covariance_to_vector,
     from_log_ratio, log_ratio, params_from,
 )
 
@@ -137,11 +138,20 @@ def gmm_to_vector(params: GMMParams, covariance_type: str) -> np.ndarray:
 
 
 def gmm_from_vector(vector: np.ndarray, like: GMMParams, covariance_type: str) -> GMMParams:
+    """Inverse of :func:`gmm_to_vector`; ``like`` gives the shapes.
+
+    Raises
+    ------
+    CollapsedComponentError
+        If a covariance is not finite and positive definite in floating point.
+    """
     K, D = like.means.shape
     v = np.asarray(vector, dtype=np.float64)
     weights = from_log_ratio(v[: K - 1], (K,))
     means = v[K - 1: K - 1 + K * D].reshape(K, D)
     cov = covariance_from_vector(v[K - 1 + K * D:], covariance_type, np.shape(like.covariances))
+    if not np.isfinite(cov).all():
+        raise CollapsedComponentError(f"a covariance overflowed to infinity; {COLLAPSE_ADVICE}")
     return GMMParams(weights, means, cov, compute_precision_cholesky(cov, covariance_type))
 
 

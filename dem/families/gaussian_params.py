@@ -200,4 +200,6 @@ def from_log_ratio(z: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     full = np.concatenate([z, np.zeros(lead + (1,))], axis=-1)
     full -= full.max(axis=-1, keepdims=True)
     e = np.exp(full)
-    return e / e.sum(axis=-1, keepdims=True)
+    # An extrapolated log-ratio can fall below exp's range; a weight of exactly
+    # zero would make log(weight) −inf in the E-step, the smallest normal one does not.
+    return np.maximum(e / e.sum(axis=-1, keepdims=True), np.finfo(np.float64).tiny)

@@ -20,9 +20,9 @@ from dem.estimator.sequence import HMMEstimator, check_distribution, kmeans_cent
 from dem.families.base import FlatParameters
 from dem.families.gaussian_params import covariance_from_vector, covariance_to_vector
 from dem.families.hmm import (
-    COVARIANCE_TYPES, ROW_BLOCK, Gaussians, HMMFamily, HMMStats, _finite_block, _simplex_from_vector,
-    _simplex_to_vector, check_covariances, packed_outer, transitions_from_vector, transitions_to_vector,
-    unpack_symmetric,
+    COVARIANCE_TYPES, ROW_BLOCK, Gaussians, HMMFamily, HMMStats, _finite_block, check_covariances,
+    packed_outer, simplex_rows_from_vector, simplex_rows_to_vector, transitions_from_vector,
+    transitions_to_vector, unpack_symmetric,
 )
 
 
@@ -250,29 +250,42 @@ class GMMHMMFamily(HMMFamily, FlatParameters):
         K, M = self.n_components, self.n_mix
         return ("full", (K, -1)) if self.covariance_type == "tied" else (self.covariance_type, (K * M, -1))
 
-    def to_vector(self, params: GMMHMMParams) -> np.ndarray:
+    def _flat_covariances(self, covars: np.ndarray, n_features: int) -> tuple[str, np.ndarray]:
+        # Tied covariances are one full matrix per state; the others one per (state, component).
         ct = "full" if self.covariance_type == "tied" else self.covariance_type
-        D = params.means.shape[2]
-        covs = params.covars.reshape((-1, D, D) if ct == "full" else (-1,) + params.covars.shape[2:])
-        return np.concatenate([transitions_to_vector(params),
-                               *[_simplex_to_vector(row) for row in params.weights],
-                               params.means.ravel(), covariance_to_vector(covs, ct)])
+        D = n_features
+        return ct, np.asarray(covars).reshape((-1, D, D) if ct == "full" else (-1,) + np.shape(covars)[2:])
+
+    def to_vector(self, params: GMMHMMParams) -> np.ndarray:
+        """Log-ratio transitions and mixture weights, means, Cholesky-log covariances (updated letters only)."""
+        ct, covs = self._flat_covariances(params.covars, params.means.shape[2])
+        return np.concatenate([
+            transitions_to_vector(params, self.params),
+            simplex_rows_to_vector(params.weights) if "w" in self.params else np.empty(0),
+            params.means.ravel() if "m" in self.params else np.empty(0),
+            covariance_to_vector(covs, ct) if "c" in self.params else np.empty(0)])
 
     def from_vector(self, vector: np.ndarray, like: GMMHMMParams) -> GMMHMMParams:
-        startprob, transmat, rest = transitions_from_vector(vector, like)
-        rows, used = [], 0
-        for row in like.weights:
-            r, k = _simplex_from_vector(rest[used:], row)
-            rows.append(r)
-            used += k
-        n = like.means.size
-        means = rest[used:used + n].reshape(like.means.shape)
-        ct = "full" if self.covariance_type == "tied" else self.covariance_type
-        D = like.means.shape[2]
-        shape = (-1, D, D) if ct == "full" else (-1,) + like.covars.shape[2:]
-        flat_shape = np.asarray(like.covars).reshape(shape).shape
-        covars = covariance_from_vector(rest[used + n:], ct, flat_shape).reshape(like.covars.shape)
-        return GMMHMMParams(startprob, transmat, np.stack(rows), means, covars)
+        """Parameters from :meth:`to_vector`'s coordinates; fixed parts and zeros come from ``like``.
+
+        Raises
+        ------
+        CollapsedComponentError
+            If a covariance is not positive definite in floating point.
+        """
+        startprob, transmat, rest = transitions_from_vector(vector, like, self.params)
+        weights, means, covars = like.weights, like.means, like.covars
+        if "w" in self.params:
+            weights, rest = simplex_rows_from_vector(rest, like.weights)
+        if "m" in self.params:
+            n = like.means.size
+            means, rest = rest[:n].reshape(like.means.shape), rest[n:]
+        if "c" in self.params:
+            ct, flat = self._flat_covariances(like.covars, like.means.shape[2])
+            covars = covariance_from_vector(rest, ct, flat.shape).reshape(like.covars.shape)
+        out = GMMHMMParams(startprob, transmat, weights, means, covars)
+        self.prepare(out)  # refuses a covariance that is not positive definite in floating point
+        return out
 
 
 class GMMHMM(HMMEstimator):
