@@ -101,7 +101,7 @@ class MixtureOfExpertsFamily(Family, FlatParameters, Rebasing):
     gate_reg: float = 1.0
     expert_reg: float = 1.0
     reg_covar: float = 1e-6
-    gate_step: str = "bohning"
+    gate_step: str = "newton"
 
     kind = "mixture_of_experts"
     params_type = MoEParams
@@ -227,7 +227,7 @@ class MixtureOfExperts(MoEOutputs, EMEstimator):
         ``LogisticRegression``); unused by Gaussian experts.
     reg_covar : float, default=1e-6
         Added to the diagonal of Gaussian experts' covariances.
-    gate_step : {"bohning", "newton"}, default="bohning"
+    gate_step : {"bohning", "newton"}, default="newton"
         The gate's generalised M-step: Böhning's fixed-curvature bound (free
         from the experts' statistics), or a Newton step from the exact
         Hessian accumulated in the same pass, safeguarded by that bound.
@@ -273,7 +273,7 @@ class MixtureOfExperts(MoEOutputs, EMEstimator):
         "model.gate_reg": ConfigKey("gate_reg", 1.0, "ridge on the gate's coefficients"),
         "model.expert_reg": ConfigKey("expert_reg", 1.0, "ridge on categorical experts' coefficients"),
         "model.reg_covar": ConfigKey("reg_covar", 1e-6, "added to gaussian experts' covariance diagonals"),
-        "model.gate_step": ConfigKey("gate_step", "bohning", "the gate's M-step: bohning or newton"),
+        "model.gate_step": ConfigKey("gate_step", "newton", "the gate's M-step: newton (safeguarded) or bohning"),
         "model.init_params": ConfigKey("init_params", "k-means||", "k-means|| on [x, y], or random"),
     }
     _config_fit_arguments = {"data.target": "y", "data.weights": "sample_weight", "data.variable": "variable"}
@@ -292,7 +292,7 @@ class MixtureOfExperts(MoEOutputs, EMEstimator):
 
     def __init__(self, n_experts: int = 2, *, expert: str = "gaussian", covariance_type: str = "full",
                  gate_reg: float = 1.0, expert_reg: float = 1.0, reg_covar: float = 1e-6,
-                 gate_step: str = "bohning", tol: float = 1e-3, max_iter: int = 100, n_init: int = 1,
+                 gate_step: str = "newton", tol: float = 1e-3, max_iter: int = 100, n_init: int = 1,
                  init_params: str = "k-means||", random_state: Any = None, warm_start: bool = False,
                  verbose: int = 0, verbose_interval: int = 10, accelerate: str | None = None,
                  learning_method: str = "batch", learning_decay: float = 0.7, learning_offset: float = 10.0,

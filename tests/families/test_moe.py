@@ -186,6 +186,38 @@ def test_newton_and_bohning_gates_reach_the_same_optimum_monotonically():
     np.testing.assert_allclose(n.predict(X), b.predict(X), rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("expert,ct", [("gaussian", "full"), ("gaussian", "diag"), ("categorical", "full")])
+def test_flat_vector_round_trip_and_any_vector_is_a_model(expert, ct):
+    rng = np.random.default_rng(0)
+    K, p, T = 3, 2, 2
+    out = T if expert == "gaussian" else 3
+    A = rng.normal(size=(K, T, T))
+    cov = A @ A.transpose(0, 2, 1) + np.eye(T) if ct == "full" else rng.uniform(0.5, 2.0, (K, T))
+    params = MoEParams(np.vstack([rng.normal(size=(K - 1, p)), np.zeros((1, p))]), np.append(rng.normal(size=K - 1), 0),
+                       rng.normal(size=(K, out, p)), rng.normal(size=(K, out)),
+                       cov if expert == "gaussian" else np.zeros((K, 0)), rng.normal(size=p),
+                       rng.normal(size=T) if expert == "gaussian" else np.zeros(0))
+    family = MixtureOfExpertsFamily(K, expert, ct, classes=(0, 1, 2))
+    v = family.to_vector(params)
+    back = family.from_vector(v, params)
+    for name in ("gate_coef", "gate_intercept", "expert_coef", "expert_intercept", "expert_covariances"):
+        np.testing.assert_allclose(getattr(back, name), getattr(params, name), rtol=0, atol=1e-12, err_msg=name)
+    # SQUAREM extrapolates anywhere: every vector is a valid model (positive definite noise).
+    other = family.from_vector(v + 3.0 * rng.normal(size=v.shape), params)
+    assert np.all(other.gate_coef[-1] == 0) and other.gate_intercept[-1] == 0
+    if expert == "gaussian":
+        eig = np.linalg.eigvalsh(other.expert_covariances) if ct == "full" else other.expert_covariances
+        assert (eig > 0).all()
+    # Moments are about the shift carried in the parameters, which M-steps never move.
+    _, X, y, _ = _gaussian_case()
+    fam3 = MixtureOfExpertsFamily(3)
+    _, start = TestMixtureOfExpertsContract().family_and_params()
+    stats = fam3.e_step(start, Partition(X, None, None, y, 0))
+    new = fam3.m_step(stats, start)
+    np.testing.assert_array_equal(new.x_shift, start.x_shift)
+    assert fam3.rebase(stats, start, new) is stats
+
+
 # -- inputs and outputs -----------------------------------------------------------------------
 
 
