@@ -59,10 +59,14 @@ class MoEStats(Stats):
 
 @dataclasses.dataclass(frozen=True)
 class GaussianExpertStats(MoEStats):
-    """Adds ``xy[k] = Σ w h_k x̃ỹᵀ`` and ``yy[k] = Σ w h_k ỹỹᵀ`` (its diagonal for diag), ỹ = y − ν."""
+    """Adds residual moments ``xr[k] = Σ w h_k x̃ r_kᵀ`` and ``rr[k] = Σ w h_k r_k r_kᵀ``.
 
-    xy: np.ndarray
-    yy: np.ndarray
+    ``r_k = y − (W_k x + b_k)`` under the parameters the statistics were
+    taken with (``rr`` holds the diagonal for diag covariances).
+    """
+
+    xr: np.ndarray
+    rr: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +133,7 @@ class MixtureOfExpertsFamily(Family, FlatParameters, Rebasing):
         beta = ex.expert_beta(params)
         cov = params.expert_covariances
         if self.expert == "gaussian":
-            beta, cov = ex.gaussian_experts_m_step(stats.xx, stats.xy, stats.yy, stats.resp_sum, empty, beta,
+            beta, cov = ex.gaussian_experts_m_step(stats.xx, stats.xr, stats.rr, stats.resp_sum, empty, beta,
                                                    cov, self.covariance_type, self.reg_covar)
         else:
             beta = ex.categorical_experts_m_step(stats.xx, stats.expert_grad, empty, beta, self.expert_reg)
@@ -191,14 +195,19 @@ class MixtureOfExpertsFamily(Family, FlatParameters, Rebasing):
         return MoEParams(V, c, W, b, cov, like.x_shift, like.y_shift)
 
     def rebase(self, stats: MoEStats, old: MoEParams, new: MoEParams) -> MoEStats:
-        """The identity: moments are about the data's mean, which the M-step never moves.
+        """Gaussian experts' residual moments moved exactly onto ``new``'s coefficients.
 
-        The experts' moments add exactly across parameters. The gate's
-        gradient (and a categorical expert's) is a gradient at ``old``;
-        online EM blends it with newer ones as a stochastic-approximation
-        step, which is what it can be without another pass.
+        ``xx`` is about the data's mean, which M-steps never move, so it
+        needs nothing. The gate's gradient (and a categorical expert's) is a
+        gradient at ``old`` and stays one: online EM blends it with newer
+        ones as a stochastic-approximation step, which is all it can be
+        without another pass.
         """
-        return stats
+        if self.expert != "gaussian":
+            return stats
+        xr, rr = ex.rebase_residual_moments(stats.xx, stats.xr, stats.rr, ex.expert_beta(old), ex.expert_beta(new),
+                                            self.covariance_type)
+        return dataclasses.replace(stats, xr=xr, rr=rr)
 
 
 # -- the estimator -------------------------------------------------------------------

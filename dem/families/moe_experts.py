@@ -11,9 +11,10 @@ coordinates, x̃ = [x − μ, 1] and ỹ = y − ν:
 
 M-steps:
 
-* Gaussian experts: weighted least squares in closed form,
-  ``β_k = (Σ h x̃x̃ᵀ)⁺ Σ h x̃ỹᵀ`` (minimum-norm when an input is constant,
-  as ``LinearRegression``), ``Σ_k = (Σ h ỹỹᵀ − βᵀ Σ h x̃ỹᵀ) / n_k + reg_covar``;
+* Gaussian experts: weighted least squares in closed form, from moments of
+  the residuals r under the current coefficients: ``β_k ← β_k + (Σ h
+  x̃x̃ᵀ)⁺ Σ h x̃rᵀ`` (minimum-norm when an input is constant, as
+  ``LinearRegression``), ``Σ_k = (Σ h rrᵀ − …) / n_k + reg_covar``;
 * categorical experts: one Böhning step of each expert's weighted
   multinomial logistic regression with ridge ``λ_e`` on the coefficients
   (scikit-learn's penalty ``½ λ ‖A‖²`` over all C rows, which keeps the rows
@@ -162,24 +163,46 @@ def prepare(params: MoEParams, expert: str, covariance_type: str, classes: np.nd
 # -- M-steps ------------------------------------------------------------------------
 
 
-def gaussian_experts_m_step(xx: np.ndarray, xy: np.ndarray, yy: np.ndarray, resp_sum: np.ndarray,
+def gaussian_experts_m_step(xx: np.ndarray, xr: np.ndarray, rr: np.ndarray, resp_sum: np.ndarray,
                             empty: np.ndarray, old_beta: np.ndarray, old_cov: np.ndarray,
                             covariance_type: str, reg_covar: float) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted least squares per expert: (β (K, p+1, T), covariances)."""
+    """Weighted least squares per expert from residual moments: (β (K, p+1, T), covariances).
+
+    With r the residuals under ``old_beta``, the new coefficients are
+    ``β + δ``, ``δ = (Σ h x̃x̃ᵀ)⁺ Σ h x̃rᵀ``, and the new residuals' scatter is
+    ``Σ h rrᵀ − (Σ h x̃rᵀ)ᵀ δ``: rounding scales with the correction, not
+    with the coefficients.
+    """
     beta = old_beta.copy()
     cov = old_cov.copy()
-    T = xy.shape[2]
+    T = xr.shape[2]
     for k in np.flatnonzero(~empty):
-        bk = linalg.lstsq(xx[k], xy[k], check_finite=False, lapack_driver="gelsd")[0]
-        fitted = bk.T @ xy[k]  # βᵀ Σ h x̃ỹᵀ = Σ h ŷỹᵀ at the optimum
+        delta = linalg.lstsq(xx[k], xr[k], check_finite=False, lapack_driver="gelsd")[0]
+        explained = xr[k].T @ delta
         if covariance_type == "full":
-            S = (yy[k] - 0.5 * (fitted + fitted.T)) / resp_sum[k]
+            S = (rr[k] - 0.5 * (explained + explained.T)) / resp_sum[k]
             S = 0.5 * (S + S.T)
             S[np.arange(T), np.arange(T)] += reg_covar
         else:
-            S = np.maximum((yy[k] - np.diagonal(fitted)) / resp_sum[k], 0.0) + reg_covar
-        beta[k], cov[k] = bk, S
+            S = np.maximum((rr[k] - np.diagonal(explained)) / resp_sum[k], 0.0) + reg_covar
+        beta[k], cov[k] = old_beta[k] + delta, S
     return beta, cov
+
+
+def rebase_residual_moments(xx: np.ndarray, xr: np.ndarray, rr: np.ndarray, old_beta: np.ndarray,
+                            new_beta: np.ndarray, covariance_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """Residual moments under ``old_beta`` re-expressed under ``new_beta`` (exact algebra).
+
+    With Δ = β' − β, r' = r − Δᵀx̃: Σ h x̃r'ᵀ = Σ h x̃rᵀ − Σ h x̃x̃ᵀ Δ and
+    Σ h r'r'ᵀ = Σ h rrᵀ − Δᵀ Σ h x̃rᵀ − (Σ h x̃rᵀ)ᵀ Δ + Δᵀ Σ h x̃x̃ᵀ Δ.
+    """
+    D = new_beta - old_beta
+    xr_new = xr - np.einsum("kij,kjt->kit", xx, D)
+    cross = np.einsum("kit,kis->kts", D, xr)
+    change = np.einsum("kit,kij,kjs->kts", D, xx, D) - cross - cross.transpose(0, 2, 1)
+    if covariance_type == "full":
+        return xr_new, rr + change
+    return xr_new, rr + np.diagonal(change, axis1=1, axis2=2)
 
 
 def categorical_experts_m_step(xx: np.ndarray, gradient: np.ndarray, empty: np.ndarray,

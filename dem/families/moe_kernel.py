@@ -5,17 +5,19 @@ One pass gives everything the M-step needs (:mod:`dem.families.moe`):
 * posteriors ``h_ik ∝ g_k(x_i) p_k(y_i | x_i)``, in log space;
 * ``Σ w h_k x̃x̃ᵀ`` per expert (x̃ = [x − μ, 1]): the experts' normal
   equations, and summed over experts the gate's curvature bound;
-* Gaussian experts: ``Σ w h_k x̃ỹᵀ`` and ``Σ w h_k ỹỹᵀ`` (ỹ = y − ν);
-  categorical experts: the gradient ``Σ w h_k x̃ (e_y − p_k(x))ᵀ``;
+* Gaussian experts: ``Σ w h_k x̃ r_kᵀ`` and ``Σ w h_k r_k r_kᵀ`` with
+  r_k = y − (W_k x + b_k) the residuals under the current parameters (near
+  convergence ``Σ h x̃rᵀ`` is close to zero, so the M-step's correction
+  ``(Σ h x̃x̃ᵀ)⁻¹ Σ h x̃rᵀ`` and the covariance ``Σ h rrᵀ − …`` cancel
+  nothing); categorical experts: the gradient ``Σ w h_k x̃ (e_y − p_k(x))ᵀ``;
 * the gate's gradient ``Σ w (h − g(x)) x̃`` and, for Newton steps, its
   Hessian blocks ``Σ w (g_k δ_kl − g_k g_l) x̃x̃ᵀ``.
 
-Numerical choices: moments are taken about ``(μ, ν)``, a shift derived
-from the data once (:mod:`dem.families.moe_init`) and carried in the
-parameters, so every worker knows it and statistics of different passes
-add; everything is float64 whatever the data's dtype; blocks are
+Numerical choices: inputs are taken about ``μ`` (targets about ``ν``), a
+shift derived from the data once (:mod:`dem.families.moe_init`) and carried
+in the parameters, so every worker knows it; everything is float64 whatever the data's dtype; blocks are
 cache-sized (temporaries of about 2 MB) and each block's moments are one
-GEMM of the responsibilities with the rows' packed products. Pure numpy.
+GEMM of the responsibilities with the rows' packed products x̃x̃ᵀ. Pure numpy.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class Prepared:
 
     def rows(self) -> int:
         q, T = self.gate.shape[0], self.n_out
-        width = max(q * (q + 1) // 2 + q * T + T * T, self.n_experts * T)
+        width = max(q * (q + 1) // 2, self.n_experts * T * max(T, 2))
         return int(max(64, min(8192, BLOCK_ELEMENTS // max(1, width))))
 
 
@@ -144,10 +146,14 @@ def gate_log_proba(prep: Prepared, Xt: np.ndarray) -> np.ndarray:
     return log_softmax(Xt @ prep.gate)
 
 
-def gaussian_log_density(prep: Prepared, Xt: np.ndarray, Yc: np.ndarray) -> np.ndarray:
-    """``log N(y | W_k x + b_k, Σ_k)`` (rows, K)."""
+def residuals(prep: Prepared, Xt: np.ndarray, Yc: np.ndarray) -> np.ndarray:
+    """``y − (W_k x + b_k)`` of every row and expert (rows, K, T)."""
     m, K, T = Xt.shape[0], prep.n_experts, prep.n_out
-    R = Yc[:, None, :] - (Xt @ prep.experts).reshape(m, K, T)
+    return Yc[:, None, :] - (Xt @ prep.experts).reshape(m, K, T)
+
+
+def gaussian_log_density(prep: Prepared, R: np.ndarray) -> np.ndarray:
+    """``log N(y | W_k x + b_k, Σ_k)`` (rows, K) from the residuals ``R``."""
     if prep.covariance_type == "full":
         Z = np.einsum("mkt,kts->mks", R, prep.whiten, optimize=True)
     else:
@@ -185,58 +191,29 @@ def new_accumulator(prep: Prepared) -> dict[str, Any]:
     pairs = len(hessian_pairs(K)[0]) if prep.newton else 0
     acc["gate_hessian"] = np.zeros((pairs, q, q))
     if prep.expert == "gaussian":
-        acc["xy"] = np.zeros((K, q, T))
-        acc["yy"] = np.zeros((K, T, T) if prep.covariance_type == "full" else (K, T))
+        acc["xr"] = np.zeros((K, q, T))
+        acc["rr"] = np.zeros((K, T, T) if prep.covariance_type == "full" else (K, T))
     else:
         acc["expert_grad"] = np.zeros((K, q, T))
     return acc
 
 
-def _products(prep: Prepared, Xt: np.ndarray, Yc: np.ndarray | None) -> np.ndarray:
-    """The packed products the moments need, one row per product and one column per data row.
+def _products(Xt: np.ndarray) -> np.ndarray:
+    """The upper triangle of x̃x̃ᵀ (row-major) of every row: one product per row, one row per column.
 
-    Rows: x̃x̃ᵀ's upper triangle (row-major), x̃ỹᵀ (target-major), ỹỹᵀ's upper
-    triangle (full) or ỹ² (diag). Weighting them by responsibilities is then
-    one (F × rows) · (rows × K) GEMM: half the flops of forming ``Σ h_k x̃x̃ᵀ``
-    in full and no (rows × K × (p+1)) temporary; building them row by row
-    of the transposed block keeps every multiply contiguous.
+    Weighting them by responsibilities is then one (F × rows) · (rows × K)
+    GEMM: half the flops of forming ``Σ h_k x̃x̃ᵀ`` in full and no
+    (rows × K × (p+1)) temporary; building them row by row of the
+    transposed block keeps every multiply contiguous.
     """
     XtT = np.ascontiguousarray(Xt.T)
     q, m = XtT.shape
-    T = 0 if Yc is None else Yc.shape[1]
-    n_yy = 0 if Yc is None else (T * (T + 1) // 2 if prep.covariance_type == "full" else T)
-    FT = np.empty((q * (q + 1) // 2 + q * T + n_yy, m))
+    FT = np.empty((q * (q + 1) // 2, m))
     off = 0
     for i in range(q):
         np.multiply(XtT[i:], XtT[i], out=FT[off:off + q - i])
         off += q - i
-    if Yc is not None:
-        YT = np.ascontiguousarray(Yc.T)
-        for t in range(T):
-            np.multiply(XtT, YT[t], out=FT[off:off + q])
-            off += q
-        if prep.covariance_type == "full":
-            for t in range(T):
-                np.multiply(YT[t:], YT[t], out=FT[off:off + T - t])
-                off += T - t
-        else:
-            np.multiply(YT, YT, out=FT[off:off + T])
     return FT
-
-
-def _finish(prep: Prepared, acc: dict[str, Any], packed: np.ndarray, hessian: np.ndarray | None) -> dict[str, Any]:
-    """Unpack the moments summed over a partition into the statistics' shapes."""
-    K, q = prep.n_experts, prep.gate.shape[0]
-    nxx = q * (q + 1) // 2
-    acc["xx"] = _unpack(packed[:, :nxx], q)
-    if hessian is not None:
-        acc["gate_hessian"] = _unpack(hessian, q)
-    if prep.expert == "gaussian":
-        T = prep.n_out
-        acc["xy"] = packed[:, nxx:nxx + q * T].reshape(K, T, q).transpose(0, 2, 1).copy()
-        rest = packed[:, nxx + q * T:]
-        acc["yy"] = _unpack(rest, T) if prep.covariance_type == "full" else rest
-    return acc
 
 
 def e_step_sums(prep: Prepared, part: Partition,
@@ -259,7 +236,7 @@ def e_step_sums(prep: Prepared, part: Partition,
     step = prep.rows()
     newton = prep.newton and K > 1
     pk, pl = hessian_pairs(K)
-    packed: np.ndarray | None = None
+    packed = np.zeros((K, q * (q + 1) // 2))
     hessian = np.zeros((len(pk), q * (q + 1) // 2)) if newton else None
     for a in range(0, n, step):
         b = min(n, a + step)
@@ -267,10 +244,9 @@ def e_step_sums(prep: Prepared, part: Partition,
         Xt = shifted_block(prep, X, a, b, part.start)
         w = checked_weights(part.weights, a, b, part.start)
         log_gate = gate_log_proba(prep, Xt)
-        Yc = None
         if prep.expert == "gaussian":
-            Yc = gaussian_targets(prep, y, a, b, part.start)
-            log_expert = gaussian_log_density(prep, Xt, Yc)
+            R = residuals(prep, Xt, gaussian_targets(prep, y, a, b, part.start))
+            log_expert = gaussian_log_density(prep, R)
         else:
             idx = encode_labels(prep.classes, y[a:b], part.start + a)
             log_p = categorical_log_proba(prep, Xt)
@@ -287,24 +263,32 @@ def e_step_sums(prep: Prepared, part: Partition,
         acc["weight_sum"] += float(w.sum())
         acc["log_likelihood"] += float(w @ ll)
         acc["resp_sum"] += hw.sum(axis=0)
-        FT = _products(prep, Xt, Yc)
-        block = (FT @ hw).T
-        packed = block if packed is None else packed + block
+        FT = _products(Xt)
+        packed += (FT @ hw).T
         g = np.exp(log_gate)
         acc["gate_grad"] += Xt.T @ (hw - w[:, None] * g)
         if newton:
             gw = g[:, :K - 1] * w[:, None]
             coef = np.where(pk == pl, gw[:, pk], 0.0) - gw[:, pk] * g[:, pl]
-            hessian += (FT[:q * (q + 1) // 2] @ coef).T
-        if prep.expert == "categorical":
+            hessian += (FT @ coef).T
+        if prep.expert == "gaussian":
+            T = prep.n_out
+            HR = hw[:, :, None] * R
+            acc["xr"] += (Xt.T @ HR.reshape(m, K * T)).reshape(q, K, T).transpose(1, 0, 2)
+            if prep.covariance_type == "full":
+                acc["rr"] += np.einsum("mkt,mks->kts", HR, R)
+            else:
+                acc["rr"] += (HR * R).sum(axis=0)
+        else:
             C = prep.n_out
             D = -np.exp(log_p)
             D[np.arange(m), :, idx] += 1.0
             D *= hw[:, :, None]
             acc["expert_grad"] += (Xt.T @ D.reshape(m, K * C)).reshape(q, K, C).transpose(1, 0, 2)
-    if packed is None:
-        return acc
-    return _finish(prep, acc, packed, hessian)
+    acc["xx"] = _unpack(packed, q)
+    if hessian is not None:
+        acc["gate_hessian"] = _unpack(hessian, q)
+    return acc
 
 
 def log_likelihood_rows(prep: Prepared, X: np.ndarray, y: Any, start: int = 0) -> np.ndarray:
@@ -317,7 +301,7 @@ def log_likelihood_rows(prep: Prepared, X: np.ndarray, y: Any, start: int = 0) -
         Xt = shifted_block(prep, X, a, b, start)
         log_gate = gate_log_proba(prep, Xt)
         if prep.expert == "gaussian":
-            L = log_gate + gaussian_log_density(prep, Xt, gaussian_targets(prep, y, a, b, start))
+            L = log_gate + gaussian_log_density(prep, residuals(prep, Xt, gaussian_targets(prep, y, a, b, start)))
         else:
             idx = encode_labels(prep.classes, np.asarray(y)[a:b], start + a)
             L = log_gate + categorical_log_proba(prep, Xt)[np.arange(b - a), :, idx]

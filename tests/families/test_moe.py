@@ -208,14 +208,42 @@ def test_flat_vector_round_trip_and_any_vector_is_a_model(expert, ct):
     if expert == "gaussian":
         eig = np.linalg.eigvalsh(other.expert_covariances) if ct == "full" else other.expert_covariances
         assert (eig > 0).all()
-    # Moments are about the shift carried in the parameters, which M-steps never move.
+    # Inputs are centred on the shift carried in the parameters, which M-steps never move.
+    np.testing.assert_array_equal(family.m_step(family.e_step(params, _partition(params, expert)), params).x_shift,
+                                  params.x_shift)
+
+
+@pytest.mark.parametrize("ct", ["full", "diag"])
+def test_rebase_moves_residual_moments_exactly(ct):
+    # The same responsibilities (row-keyed random ones) under two parameter sets: rebasing the
+    # statistics taken under the first must give those taken under the second.
+    from dem.families.moe_init import Assignment
+
+    family, old = TestMixtureOfExpertsContract().family_and_params()
+    family = MixtureOfExpertsFamily(3, covariance_type=ct)
+    if ct == "diag":
+        old = MoEParams(*[getattr(old, f) for f in ("gate_coef", "gate_intercept", "expert_coef", "expert_intercept")],
+                        np.diagonal(old.expert_covariances, axis1=1, axis2=2).copy(), old.x_shift, old.y_shift)
+    rng = np.random.default_rng(0)
+    new = MoEParams(old.gate_coef, old.gate_intercept, old.expert_coef + rng.normal(size=old.expert_coef.shape),
+                    old.expert_intercept + 1.0, old.expert_covariances, old.x_shift, old.y_shift)
+    part = _partition(old, "gaussian")
+    assign = Assignment("random", 3, 3)
+    moved = family.rebase(family.assignment_stats(old, part, assign), old, new)
+    direct = family.assignment_stats(new, part, assign)
+    for name in ("xr", "rr", "xx"):
+        np.testing.assert_allclose(getattr(moved, name), getattr(direct, name), rtol=1e-10,
+                                   atol=1e-10 * np.abs(getattr(direct, name)).max(), err_msg=name)
+
+
+def _partition(params, expert):
     _, X, y, _ = _gaussian_case()
-    fam3 = MixtureOfExpertsFamily(3)
-    _, start = TestMixtureOfExpertsContract().family_and_params()
-    stats = fam3.e_step(start, Partition(X, None, None, y, 0))
-    new = fam3.m_step(stats, start)
-    np.testing.assert_array_equal(new.x_shift, start.x_shift)
-    assert fam3.rebase(stats, start, new) is stats
+    X = X[:, :params.n_features]
+    if expert == "categorical":
+        y = (np.abs(y) * 3).astype(int) % 3
+    elif params.y_shift.size == 2:
+        y = np.column_stack([y, -y])
+    return Partition(X, None, None, y, 0)
 
 
 # -- inputs and outputs -----------------------------------------------------------------------
