@@ -85,6 +85,19 @@ def test_one_gaussian_expert_with_one_target_matches_least_squares_and_keeps_y_1
     assert est.predict(X).shape == (200,)
 
 
+def test_a_nearly_noiseless_expert_keeps_its_noise_variance():
+    # Targets 1e5 ± 300 with noise 1e-3: moments of y about its mean would lose the noise
+    # variance to cancellation (3e-4 relative error, the start's least squares); residual
+    # moments under the current coefficients keep it.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 3)) * 100 + 1e3
+    y = X @ [3.0, -2.0, 1.0] + 1e5 + rng.normal(scale=1e-3, size=2000)
+    lr = LinearRegression().fit(X, y)
+    est = _fit(MixtureOfExperts(1, reg_covar=0.0, max_iter=3, random_state=0), X, y)
+    np.testing.assert_allclose(est.expert_covariances_[0, 0, 0], np.mean((y - lr.predict(X)) ** 2), rtol=1e-8)
+    np.testing.assert_allclose(est.expert_coef_[0, 0], lr.coef_, rtol=0, atol=1e-10)
+
+
 def test_one_categorical_expert_is_multinomial_logistic_regression():
     truth = true_parameters(3, 4, 1, expert="categorical", n_classes=3)
     X, y, _ = sample_rows(truth, np.random.default_rng(0), 300, "categorical")
