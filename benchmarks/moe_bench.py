@@ -3,15 +3,18 @@
 Standalone, from the repository root (run it under ``flock /work/.heavy.lock`` on a shared machine)::
 
     python -m benchmarks.moe_bench [--n 10000000] [--p 16] [--k 8] [--reps 3]
+                                   [--converge-n 1000000] [--big-max-iter 10]
                                    [--data-dir /tmp/moe-bench] [--out results.json]
 
-1. **Out of core.** Writes (once) a Zarr group of ``--n`` rows drawn from a
-   known mixture of ``--k`` Gaussian experts on ``--p`` inputs
+1. **Out of core.** Writes (once) Zarr groups of rows drawn from a known
+   mixture of ``--k`` Gaussian experts on ``--p`` inputs
    (:func:`dem.families.moe.generate_dataset`), starts a 2-worker
    ``LocalCluster`` (one thread each) and fits ``dem.MixtureOfExperts`` from
-   the Zarr path with each gate step (Böhning's bound, safeguarded Newton):
-   seconds per iteration (median and range over the iterations), passes to
-   converge (``n_passes_`` plus ``n_init_passes_``), the workers' and the
+   the Zarr path: to convergence on ``--converge-n`` rows with each gate
+   step (Böhning's bound, safeguarded Newton) from each of ``--seeds``, and ``--big-max-iter``
+   iterations of the default step on ``--n`` rows (0: to convergence too).
+   Reported: seconds per iteration (median and range over the iterations),
+   passes (``n_passes_`` plus ``n_init_passes_``), the workers' and the
    driver's peak memory.
 2. **In memory, 1/20 of the data.** The first ``n/20`` rows in a numpy
    array and 100 000 held-out rows from the same model. From the same start
@@ -90,13 +93,14 @@ def held_out(p: int, k: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
 # -- 1. out of core ------------------------------------------------------------------
 
 
-def out_of_core(path: str, k: int, gate_step: str, tol: float, max_iter: int, memory_limit: str) -> dict:
+def out_of_core(path: str, k: int, gate_step: str, tol: float, max_iter: int, memory_limit: str, seed: int = 0
+                ) -> dict:
     import dem
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       memory_limit=memory_limit) as cluster, Client(cluster) as client:
-        est = dem.MixtureOfExperts(k, gate_step=gate_step, tol=tol, max_iter=max_iter, random_state=0,
+        est = dem.MixtureOfExperts(k, gate_step=gate_step, tol=tol, max_iter=max_iter, random_state=seed,
                                    gate_reg=1.0, client=client)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
@@ -105,7 +109,7 @@ def out_of_core(path: str, k: int, gate_step: str, tol: float, max_iter: int, me
         wall = time.perf_counter() - t0
         workers = client.run(_peak_rss_mb)
     seconds = [h["seconds"] for h in est.history_]
-    return {"gate_step": gate_step, "n_iter": est.n_iter_, "converged": est.converged_,
+    return {"gate_step": gate_step, "random_state": seed, "n_iter": est.n_iter_, "converged": est.converged_,
             "em_passes": est.n_passes_, "init_passes": est.n_init_passes_,
             "seconds_per_iteration": {"median": statistics.median(seconds), "min": min(seconds),
                                       "max": max(seconds)},
@@ -312,6 +316,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--fraction", type=int, default=20, help="the in-memory comparison uses n / fraction rows")
     ap.add_argument("--gate-steps", default="newton,bohning")
+    ap.add_argument("--seeds", default="0,1,2", help="random_state of the fits run to convergence")
+    ap.add_argument("--converge-n", type=int, default=1_000_000,
+                    help="rows of the out-of-core fits run to convergence with each gate step")
+    ap.add_argument("--big-max-iter", type=int, default=10,
+                    help="iterations of the out-of-core fit on --n rows (0: to convergence)")
     ap.add_argument("--memory-limit", default="6GiB", help="per worker")
     ap.add_argument("--skip", default="", help="comma-separated: out-of-core, in-memory")
     ap.add_argument("--data-dir", default="/tmp/moe-bench")
@@ -324,8 +333,16 @@ def main(argv: list[str] | None = None) -> dict:
     path = dataset(args.data_dir, args.n, args.p, args.k)
     if "out-of-core" not in skip:
         result["out_of_core"] = []
-        for step in args.gate_steps.split(","):
-            r = out_of_core(path, args.k, step, args.tol, args.max_iter, args.memory_limit)
+        small = dataset(args.data_dir, args.converge_n, args.p, args.k)
+        for seed in map(int, args.seeds.split(",")):
+            for step in args.gate_steps.split(","):
+                r = {"rows": args.converge_n, **out_of_core(small, args.k, step, args.tol, args.max_iter,
+                                                             args.memory_limit, seed)}
+                print(json.dumps(r), flush=True)
+                result["out_of_core"].append(r)
+        if args.n != args.converge_n:
+            r = {"rows": args.n, **out_of_core(path, args.k, args.gate_steps.split(",")[0], args.tol,
+                                               args.big_max_iter or args.max_iter, args.memory_limit)}
             print(json.dumps(r), flush=True)
             result["out_of_core"].append(r)
     if "in-memory" not in skip:

@@ -56,17 +56,19 @@ def _naive_log_likelihood(X, y, gate_coef, gate_intercept, coef, intercept, cov)
 # -- one expert: least squares and logistic regression --------------------------------------
 
 
-@pytest.mark.parametrize("weighted", [False, True])
-def test_one_gaussian_expert_is_least_squares(weighted):
+@pytest.mark.parametrize("weighted,ct", [(False, "full"), (True, "full"), (True, "diag")])
+def test_one_gaussian_expert_is_least_squares(weighted, ct):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 4)) * [1.0, 3.0, 0.5, 2.0] + [10.0, -5.0, 0.0, 100.0]
     B = rng.normal(size=(4, 2))
     y = X @ B + [3.0, -7.0] + rng.normal(size=(300, 2)) @ np.array([[0.5, 0.2], [0.0, 0.3]])
     w = rng.uniform(0.2, 3.0, 300) if weighted else None
     lr = LinearRegression().fit(X, y, sample_weight=w)
-    est = _fit(MixtureOfExperts(1, reg_covar=0.0, max_iter=3, random_state=0), X, y, sample_weight=w)
+    est = _fit(MixtureOfExperts(1, covariance_type=ct, reg_covar=0.0, max_iter=3, random_state=0), X, y,
+               sample_weight=w)
     resid = y - lr.predict(X)
     cov = np.cov(resid.T, aweights=w, bias=True) if weighted else resid.T @ resid / len(y)
+    cov = cov if ct == "full" else np.diag(cov)
     np.testing.assert_allclose(est.expert_coef_[0], lr.coef_, rtol=0, atol=1e-8)
     np.testing.assert_allclose(est.expert_intercept_[0], lr.intercept_, rtol=0, atol=1e-8)
     np.testing.assert_allclose(est.expert_covariances_[0], cov, rtol=0, atol=1e-8)
@@ -181,6 +183,23 @@ def test_known_parameters_are_recovered_up_to_a_permutation(gate_step):
     truth_est.n_features_in_, truth_est.n_experts_, truth_est.n_targets_, truth_est.target_ndim_ = 2, 3, 1, 1
     np.testing.assert_allclose(truth_est.score_samples(Xt[:2000], yt[:2000, 0]), best, rtol=0, atol=1e-9)
     assert held_out > truth_est.score(Xt, yt[:, 0]) - HELD_OUT_MARGIN
+
+
+def test_random_responsibilities_start_and_the_restart_seed_policy():
+    truth = true_parameters(11, 2, 3)
+    X, y, _ = sample_rows(truth, np.random.default_rng(1), 5000, "gaussian")
+    Xt, yt, _ = sample_rows(truth, np.random.default_rng(2), 20_000, "gaussian")
+    est = _fit(MixtureOfExperts(3, init_params="random", n_init=3, random_state=1, max_iter=500, tol=1e-6),
+               X, y[:, 0])
+    assert est.n_init_passes_ == 2  # the moments pass and the assignment pass
+    best = _naive_log_likelihood(Xt[:2000], yt[:2000], truth["gate_coef"], truth["gate_intercept"],
+                                 truth["expert_coef"], truth["expert_intercept"], truth["expert_covariances"])
+    assert est.score(Xt[:2000], yt[:2000, 0]) > best.mean() - 0.01
+    # Restart r of random_state=s is the fit with random_state=s+r, bit for bit.
+    alone = _fit(MixtureOfExperts(3, init_params="random", random_state=1 + est.best_restart_, max_iter=500,
+                                  tol=1e-6), X, y[:, 0])
+    for name in ("gate_coef_", "expert_coef_", "expert_covariances_"):
+        np.testing.assert_array_equal(getattr(alone, name), getattr(est, name))
 
 
 def test_newton_and_bohning_gates_reach_the_same_optimum_monotonically():
