@@ -95,7 +95,9 @@ class Note:
     kind : str
         What happened: ``"empty"`` (a component lost its data),
         ``"never_left"`` (an HMM state was never left), ``"decreased"`` (the
-        objective fell), ``"rejected"`` (an extrapolation was rejected), …
+        objective fell), ``"rejected"`` (an extrapolation was rejected),
+        ``"collapsed"`` (the M-step collapsed a component: the member
+        stopped with the parameters from before it), …
     component : int or None
         The component or state concerned, if any.
     message : str

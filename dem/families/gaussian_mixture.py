@@ -15,7 +15,13 @@ it keeps its previous mean and covariance, and its weight is floored at
 ``10·eps`` (relative) so it can still win points back later; the iteration
 gets a ``Note(kind="empty")``. A component whose covariance (with
 ``reg_covar`` on the diagonal) is not positive definite has *collapsed*:
-:class:`~dem.errors.CollapsedComponentError` names it, instead of NaN.
+:class:`~dem.errors.CollapsedComponentError` (a ``ValueError`` with
+scikit-learn's sentence, then dem's detail naming the component) says so,
+instead of NaN. At initialisation the fit raises it, as scikit-learn does;
+during EM the restart stops with the parameters from before the collapsing
+M-step (``Note(kind="collapsed")``, a
+:class:`~dem.errors.CollapsedComponentWarning`), so a fit that diverges
+still reports its best parameters (scikit-learn's issue 18216).
 """
 
 from __future__ import annotations

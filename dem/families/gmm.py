@@ -249,6 +249,9 @@ class GaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
                          np.asarray(self.covariances_, float), np.asarray(self.precisions_cholesky_, float))
 
     def _fitted_family(self) -> Any:
+        from dem.estimator.params import validate
+
+        validate(self, ("covariance_type", "reg_covar", "missing"))  # they may have changed since fit
         return self._family(int(getattr(self, "n_components_", None) or self._candidates()[0]))
 
     def _run_outputs(self) -> dict[str, Any]:
@@ -299,15 +302,24 @@ class GaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
         return self._fit(X, sample_weight=sample_weight, variable=variable, callback=callback)
 
     def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Draw samples and their component labels from the fitted mixture."""
-        from dem.errors import ConfigError
+        """Draw samples and their component labels from the fitted mixture.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit`` (checked first, as scikit-learn does).
+        ConfigError
+            A ``ValueError`` with scikit-learn's words when ``n_samples`` < 1.
+        """
+        from dem.errors import ConfigError, plain_repr
         from dem.estimator.params import seed_from
         from dem.families.gaussian_params import full_covariances
 
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-            raise ConfigError(f"Invalid value for 'n_samples': {n_samples}. The sampling requires at "
-                              "least one sample.")
         params = self._fitted_params()
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            # scikit-learn's sentence (it prints n_components where the value belongs; dem prints the value).
+            raise ConfigError(f"Invalid value for 'n_samples': {plain_repr(n_samples)} . The sampling requires "
+                              "at least one sample.")
         rng = np.random.default_rng(seed_from(self.random_state))
         K, D = params.means.shape
         covs = full_covariances(params.covariances, self.covariance_type, K, D)

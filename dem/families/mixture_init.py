@@ -198,22 +198,38 @@ def initial_params(members: list[tuple[Any, int]], passes: Passes, init: Mixture
 
 
 def check_user_parameters(init: MixtureInit, n_components: int, n_features: int) -> None:
-    """One clear error for user-supplied initial parameters of the wrong shape or value."""
+    """One clear error for user-supplied initial parameters of the wrong shape or value.
+
+    The sentences are scikit-learn's (``sklearn/mixture``: ``_check_shape``,
+    ``_check_weights``, ``_check_precisions``), followed by the parameter's name.
+    """
     K, D, ct = n_components, n_features, init.covariance_type
+
+    def shape_error(name: str, expected: tuple, got: tuple, param: str) -> ConfigError:
+        return ConfigError(f"The parameter '{name}' should have the shape of {expected}, but got {got} ({param})")
+
     if init.weights_init is not None:
         w = np.asarray(init.weights_init, dtype=np.float64)
         if w.shape != (K,):
-            raise ConfigError(f"weights_init must have shape ({K},); got {w.shape}")
-        if (w < 0).any() or (w > 1).any() or not math.isclose(w.sum(), 1.0, rel_tol=0, abs_tol=1e-6):
-            raise ConfigError(f"weights_init must be in [0, 1] and sum to 1; they sum to {float(w.sum()):.6f}")
+            raise shape_error("weights", (K,), w.shape, "weights_init")
+        if (w < 0).any() or (w > 1).any():
+            # scikit-learn's words, min and max as it prints them
+            raise ConfigError(f"The parameter 'weights' should be in the range [0, 1], but got max value "
+                              f"{w.min():.5f}, min value {w.max():.5f} (weights_init)")
+        if not math.isclose(w.sum(), 1.0, rel_tol=0, abs_tol=1e-6):
+            raise ConfigError(f"The parameter 'weights' should be normalized, but got sum(weights) = "
+                              f"{w.sum():.5f} (weights_init)")
     if init.means_init is not None:
         m = np.asarray(init.means_init, dtype=np.float64)
         if m.shape != (K, D):
-            raise ConfigError(f"means_init must have shape ({K}, {D}); got {m.shape}")
+            raise shape_error("means", (K, D), m.shape, "means_init")
     if init.precisions_init is not None:
         p = np.asarray(init.precisions_init, dtype=np.float64)
         shape = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[ct]
         if p.shape != shape:
-            raise ConfigError(f"precisions_init must have shape {shape} for covariance_type={ct!r}; got {p.shape}")
-        if ct in ("diag", "spherical") and not (p > 0).all():
-            raise ConfigError("precisions_init must be positive")
+            raise shape_error(f"{ct} precision", shape, p.shape, "precisions_init")
+        if ct in ("diag", "spherical"):
+            if not (p > 0).all():
+                raise ConfigError(f"'{ct} precision' should be positive (precisions_init)")
+        elif not all(np.allclose(q, q.T) and np.linalg.eigvalsh(q).min() > 0 for q in p.reshape(-1, D, D)):
+            raise ConfigError(f"'{ct} precision' should be symmetric, positive-definite (precisions_init)")
