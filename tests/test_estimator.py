@@ -182,7 +182,7 @@ def five_clusters():
     return centres[rng.integers(0, 5, 1000)] + rng.normal(size=(1000, 2))
 
 
-@pytest.mark.parametrize("random_state", [0, 2, 4])
+@pytest.mark.parametrize("random_state", [3, 4, 7])  # seeds whose first restart ends in a local optimum
 def test_n_init_keeps_the_best_lower_bound(five_clusters, random_state):
     kw = dict(init_params="random_from_data", random_state=random_state)
     one = _quiet_fit(dem.GaussianMixture(5, n_init=1, **kw), five_clusters)

@@ -267,9 +267,9 @@ class Passes(Protocol):
     def sample(self, seeds: list[int], size: int, rows: Callable | None = None) -> list[Partition]:
         """For each seed, an even sample of about ``size`` rows from every partition."""
 
-    def kmeans_parallel(self, n_clusters: list[int], seeds: list[int], rows: Callable | None = None
-                        ) -> list[np.ndarray]:
-        """k-means‖ centres per (n_clusters, seed), sharing the passes."""
+    def kmeans_parallel(self, n_clusters: list[int], seeds: list[int], rows: Callable | None = None,
+                        first: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """k-means‖ centres per (n_clusters, seed), sharing the passes; ``first``: each seed's first candidate."""
 
 
 def member_seed(random_state_seed: int, restart: int) -> int:

@@ -33,7 +33,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from dem.data.record import Partition
-from dem.data.row_random import row_uniforms
+from dem.data.row_random import content_uniforms, row_hashes
 from dem.families import gaussian_kernel as kernel
 from dem.families.base import (
     Family, FlatParameters, Note, Rebasing, SampledAssignments, Stats, Tempering,
@@ -166,9 +166,15 @@ def perturb_means(params: GMMParams, covariance_type: str, rng: np.random.Genera
     return dataclasses.replace(params, means=params.means + step)
 
 
-def random_responsibilities(seed: int, first_row: int, n_rows: int, n_components: int) -> np.ndarray:
-    """Uniform random responsibilities (K, rows), keyed by (seed, global row)."""
-    R = row_uniforms((seed, 13), first_row, n_rows, per_row=n_components).T
+def random_responsibilities(seed: int, X: np.ndarray, n_components: int) -> np.ndarray:
+    """Uniform random responsibilities (K, rows) of the rows ``X``, keyed by (seed, a row's content).
+
+    Keyed by content, not by global row, so a row of sample weight w adds
+    exactly what w copies of it add, wherever the copies are; the draws do
+    not depend on the partitioning either.
+    """
+    h = row_hashes(X)
+    R = np.stack([content_uniforms((seed, 13, k), h) for k in range(n_components)])
     return R / R.sum(axis=0)
 
 
@@ -282,7 +288,7 @@ class GaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasing, Sampled
                 RT = np.zeros((K, m))
                 RT[(cm_sq - 2.0 * (cm @ XcT)).argmin(axis=0), np.arange(m)] = 1.0
             else:
-                RT = random_responsibilities(seed, part.start + a, m, K)
+                RT = random_responsibilities(seed, X[a : a + m], K)
             w = None
             if part.weights is not None:
                 w = kernel.checked_weights(part.weights, a, a + prep.rows, part.start)
