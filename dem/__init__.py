@@ -12,7 +12,8 @@ registry of model families (:mod:`dem.registry`) on first use, so
 from typing import Any
 
 from dem.errors import (
-    CheckpointError, CollapsedComponentError, ConfigError, DataError, DemError, EmptyComponentWarning,
+    CheckpointError, CollapsedComponentError, CollapsedComponentWarning, ConfigError, DataError, DemError,
+    EmptyComponentWarning,
 )
 
 __version__ = "0.2.0"
@@ -40,5 +41,5 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["load", "params_dataset", "DemError", "DataError", "ConfigError", "CollapsedComponentError",
-           "CheckpointError", "EmptyComponentWarning", "__version__", "GaussianMixture", "GaussianHMM", "CategoricalHMM", "GMMHMM",
-           "BayesianGaussianMixture"]
+           "CollapsedComponentWarning", "CheckpointError", "EmptyComponentWarning", "__version__", "GaussianMixture",
+           "GaussianHMM", "CategoricalHMM", "GMMHMM", "BayesianGaussianMixture"]

@@ -33,7 +33,20 @@ class ConfigError(DemError, ValueError):
 
 
 class CollapsedComponentError(DemError, ValueError):
-    """A component's covariance stopped being positive definite."""
+    """A component's covariance stopped being positive definite.
+
+    ``component`` is the index of the component concerned, when one is;
+    ``detail`` says what happened to it in dem's words (the message may
+    start with a peer's sentence, as scikit-learn's for Gaussian mixtures).
+    """
+
+    def __init__(self, message: str, component: int | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.component = component
+        self.detail = detail
+
+    def __reduce__(self) -> tuple:  # raised in tasks too: keep the details across processes
+        return (type(self), (str(self), self.component, self.detail))
 
 
 class CheckpointError(DemError):
@@ -42,6 +55,10 @@ class CheckpointError(DemError):
 
 class EmptyComponentWarning(UserWarning):
     """A component lost all its responsibility; it kept its previous mean and covariance."""
+
+
+class CollapsedComponentWarning(UserWarning):
+    """A restart's M-step collapsed a component; it stopped with its last good parameters."""
 
 
 class OutputExistsError(DataError, ConfigError):

@@ -182,7 +182,7 @@ def five_clusters():
     return centres[rng.integers(0, 5, 1000)] + rng.normal(size=(1000, 2))
 
 
-@pytest.mark.parametrize("random_state", [0, 2, 4])
+@pytest.mark.parametrize("random_state", [3, 4, 7])  # seeds whose first restart ends in a local optimum
 def test_n_init_keeps_the_best_lower_bound(five_clusters, random_state):
     kw = dict(init_params="random_from_data", random_state=random_state)
     one = _quiet_fit(dem.GaussianMixture(5, n_init=1, **kw), five_clusters)
@@ -276,6 +276,28 @@ def test_fit_predict_equals_fit_then_predict(X):
     kw = dict(random_state=1, max_iter=30)
     labels = dem.GaussianMixture(3, **kw).fit_predict(X)
     np.testing.assert_array_equal(labels, dem.GaussianMixture(3, **kw).fit(X).predict(X))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SkGaussianMixture(3, init_params="random_from_data", max_iter=2),  # the peer's behaviour
+    lambda: dem.GaussianMixture(3, init_params="random_from_data", max_iter=2),
+    lambda: dem.GaussianMixture(3, max_iter=2),
+    lambda: dem.GaussianHMM(3, n_iter=2),
+])
+def test_random_state_none_draws_from_numpys_global_generator(X, make):
+    """As scikit-learn's check_random_state(None): np.random.seed(0) makes a fit reproducible."""
+    state = np.random.get_state()
+    try:
+        fits = []
+        for seed in (0, 0, 1):
+            np.random.seed(seed)
+            fits.append(_quiet_fit(make(), X))
+    finally:
+        np.random.set_state(state)
+    first, again, other = (np.concatenate([np.ravel(f.means_), np.ravel(getattr(f, "startprob_", []))])
+                           for f in fits)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
 
 
 def test_unfitted_estimator_raises():

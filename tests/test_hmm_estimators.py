@@ -395,3 +395,125 @@ def test_generated_dataset_is_recovered(tmp_path):
     np.testing.assert_allclose(est.transmat_, g["true_transmat"][:], atol=0.05)
     np.testing.assert_allclose(est.means_, g["true_means"][:], atol=0.15)
     assert (est.predict(path) == g["states"][:]).mean() > 0.95
+
+
+# -- behaving like hmmlearn on degenerate data, warnings and accepted shapes ----------------
+
+#: hmmlearn's issue #2 data (its test_fit_zero_variance): the first feature is constant.
+ZERO_VARIANCE_X = np.array([
+    [715.0, 585.0, 0.0, 0.0], [715.0, 520.0, 1.04705811, -60.3696289], [715.0, 455.0, 0.72088623, -52.7055664],
+    [715.0, 390.0, -0.457946777, -78.0605469], [715.0, 325.0, -6.43127441, -55.9954834],
+    [715.0, 260.0, -2.90063477, -78.0220947], [715.0, 195.0, 8.45532227, -70.3294373],
+    [715.0, 130.0, 4.09387207, -58.3621216], [715.0, 65.0, -1.2166748, -44.8131409]])
+
+
+def test_a_constant_feature_keeps_fitting_as_in_hmmlearn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seed in range(20):
+            hmmlearn_hmm.GaussianHMM(3, "full", random_state=seed).fit(ZERO_VARIANCE_X)  # the peer fits
+            ours = GaussianHMM(3, "full", random_state=seed).fit(ZERO_VARIANCE_X)
+            assert np.isfinite(ours.means_).all() and np.isfinite(ours.covars_).all()
+            assert np.isfinite(ours.score(ZERO_VARIANCE_X))
+        # From the same start, the iteration through the singular covariances lands on hmmlearn's numbers.
+        ref = hmmlearn_hmm.GaussianHMM(3, "full", random_state=0, n_iter=0).fit(ZERO_VARIANCE_X)
+        start = {name: getattr(ref, name) for name in ("startprob_", "transmat_", "means_", "covars_")}
+        ours, ref = _fit_both(GaussianHMM, hmmlearn_hmm.GaussianHMM, start, ZERO_VARIANCE_X, lengths=[9],
+                              n_components=3, covariance_type="full", n_iter=1, tol=0.0)
+    _assert_same_fit(ours, ref, ["startprob_", "transmat_", "means_", "covars_"], rtol=1e-7)
+
+
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
+def test_gmm_hmm_with_more_mixture_components_than_a_cluster_has_points(ct):
+    """hmmlearn's TestGMMHMM_KmeansInit, for every covariance type and ten seeds. The default
+    spherical prior (covars_prior = −(n_mix + 2)/2) makes a sparsely used component's variance
+    negative; hmmlearn floors it and goes on (where a state then explains no observation,
+    hmmlearn's parameters become NaN; dem's state keeps its previous ones)."""
+    rng = np.random.RandomState(0)
+    data = np.r_[rng.uniform(0, 1, size=(100, 2)), rng.uniform(5, 6, size=(5, 2))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seed in range(10):
+            hmmlearn_hmm.GMMHMM(2, n_mix=10, n_iter=5, covariance_type=ct, random_state=seed).fit(data)
+            ours = GMMHMM(2, n_mix=10, n_iter=5, covariance_type=ct, random_state=seed).fit(data)
+            # hmmlearn's own assertion, but ≥ 0: like hmmlearn's, an unused component's mean is 0.
+            assert (ours.means_ >= 0).all() and (ours.means_ < 6).all()
+            assert np.isfinite(ours.weights_).all() and np.isfinite(ours.covars_).all()
+
+
+def test_a_state_no_path_reaches_keeps_its_parameters():
+    """hmmlearn divides 0 by 0 for a state without occupancy (every parameter becomes NaN).
+    The reachable states fit exactly as a model without that state does."""
+    X = np.random.default_rng(0).normal(size=(60, 2)) + np.repeat([[0.0, 0.0], [3.0, 3.0]], 30, axis=0)
+    means = np.array([[0.5, 0.5], [2.5, 2.5], [9.0, 9.0]])
+    covars = np.array([[1.0, 1.0], [1.0, 1.0], [2.0, 2.0]])
+    three = _set(GaussianHMM(3, "diag", init_params="", n_iter=4, tol=0.0),
+                 dict(startprob_=[0.5, 0.5, 0.0], transmat_=[[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0]],
+                      means_=means, covars_=covars))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # state 2 is never left: its row of transmat_ becomes zero
+        three.fit(X)
+    two = _set(hmmlearn_hmm.GaussianHMM(2, "diag", init_params="", n_iter=4, tol=0.0),
+               dict(startprob_=[0.5, 0.5], transmat_=[[0.9, 0.1], [0.1, 0.9]], means_=means[:2], covars_=covars[:2]))
+    two.fit(X)
+    np.testing.assert_allclose(three.means_[:2], two.means_, rtol=1e-9)
+    np.testing.assert_allclose(three._covars_[:2], two._covars_, rtol=1e-9)
+    np.testing.assert_array_equal(three.means_[2], means[2])
+
+
+def _warning_texts(caplog, model, X, lengths=None) -> list[str]:
+    caplog.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(X, lengths)
+    return sorted(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                  and ("overwritten" in r.getMessage() or "degenerate" in r.getMessage()))
+
+
+def test_warns_with_hmmlearns_words_when_init_params_overwrite_set_attributes_and_data_are_too_few(caplog):
+    caplog.set_level(logging.WARNING)  # hmmlearn's logger is quietened at the top of this module
+    caplog.set_level(logging.WARNING, logger="hmmlearn")
+    X = np.random.default_rng(1).normal(size=(100, 3))
+    texts = []
+    for cls in (hmmlearn_hmm.GaussianHMM, GaussianHMM):
+        h = cls(3, "full", random_state=0)
+        h.startprob_, h.means_ = STARTPROB, np.zeros((3, 3))
+        texts.append(_warning_texts(caplog, h, X))
+    assert texts[1] == texts[0] and len(texts[0]) == 2  # startprob_ and means_ will be overwritten
+    texts = [_warning_texts(caplog, cls(3, "full", random_state=0), X[:5])
+             for cls in (hmmlearn_hmm.GaussianHMM, GaussianHMM)]
+    assert texts[1] == texts[0] and "degenerate solution" in texts[0][0]
+
+
+def test_spherical_covars_of_any_length_k_shape_are_accepted_as_in_hmmlearn():
+    """hmmlearn's test_underflow_from_scaling sets spherical covars_ as [[1], [1]]; test_issue_385
+    as an array of shape (2, 1, 1, 1)."""
+    rng = np.random.RandomState(10)
+    data = np.concatenate([rng.normal(0, 1, 100), rng.normal(5, 1, 100), rng.normal(0, 1, 100),
+                           rng.normal(5, 1, 100)])
+    data[40] = 10000.0
+    start = dict(startprob_=[0.0, 1.0], transmat_=[[0.4, 0.6], [0.6, 0.4]], means_=[[0.0], [5.0]],
+                 covars_=[[1.0], [1.0]])
+    ours, ref = _fit_both(GaussianHMM, hmmlearn_hmm.GaussianHMM, start, data[:, None], lengths=[400],
+                          n_components=2, covariance_type="spherical", n_iter=100)
+    _assert_same_fit(ours, ref, ["startprob_", "transmat_", "means_", "covars_"])
+    model = _set(GaussianHMM(2, covariance_type="spherical"),
+                 dict(startprob_=[0.6, 0.4], transmat_=[[0.4, 0.6], [0.9, 0.1]], means_=[[3.0], [5.0]],
+                      covars_=np.array([[[[4.0]]], [[[3.0]]]])))
+    model.n_features = 1
+    X, states = model.sample(1000, random_state=0)
+    assert X.shape == (1000, 1) and states.shape == (1000,)
+    np.testing.assert_allclose(model.covars_, [[[4.0]], [[3.0]]])
+
+
+@pytest.mark.parametrize("cls, kw", [(GaussianHMM, {}), (GMMHMM, {"n_mix": 2})])
+def test_score_after_setting_an_invalid_covariance_type_raises_value_error(gaussian_X, cls, kw):
+    ref = getattr(hmmlearn_hmm, cls.__name__)(2, random_state=0, n_iter=2, **kw).fit(gaussian_X)
+    ref.covariance_type = "badcovariance_type"
+    with pytest.raises(ValueError):
+        ref.score(gaussian_X)  # hmmlearn's _check
+    ours = cls(2, random_state=0, n_iter=2, **kw).fit(gaussian_X)
+    ours.covariance_type = "badcovariance_type"
+    for method in (ours.score, ours.predict, ours.predict_proba):
+        with pytest.raises(ValueError, match="The 'covariance_type' parameter of"):
+            method(gaussian_X)

@@ -14,7 +14,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 import dem
 from dem.data.partitions import ZarrRows
 from dem.data.record import Partition
-from dem.data.row_random import row_uniforms
+from dem.data.row_random import content_uniforms, row_hashes, weighted_race
 from dem.engine import kmeans_parallel as kmp
 
 FITTED = ("weights_", "means_", "covariances_", "precisions_cholesky_", "lower_bound_", "n_iter_")
@@ -94,16 +94,17 @@ def test_a_converged_restart_stops_costing_compute():
 # -- k-means‖ ---------------------------------------------------------------
 
 def _direct_kmeans_parallel_candidates(X, seed, rounds, ell):
-    """Bahmani et al.'s sequential algorithm written plainly, with the same random numbers."""
+    """Bahmani et al.'s sequential algorithm written plainly, with the same random numbers
+    (keyed by each row's content), the candidates in sorted order."""
     n = X.shape[0]
     first = int(np.random.default_rng([seed, 7]).integers(n))
     C = X[[first]]
     for r in range(rounds):
         d = np.min(((X[:, None, :] - C[None, :, :]) ** 2).sum(axis=2), axis=1)
         phi = d.sum()
-        u = row_uniforms((seed, 7, r), 0, n)
+        u = content_uniforms((seed, 7, r), row_hashes(X))
         C = np.vstack([C, X[u < ell * d / phi]])
-    return C
+    return np.unique(C, axis=0)
 
 
 @pytest.mark.parametrize("cut", [1, 3, 7])
@@ -143,6 +144,42 @@ def test_kmeans_parallel_starts_at_least_as_well_as_kmeans_plus_plus(grid_blobs)
     lls_pp = [_quiet(dem.GaussianMixture(9, random_state=s, init_params="k-means++", partition_rows=1000), X).lower_bound_
               for s in seeds]
     assert np.mean(lls_ours) >= np.mean(lls_pp) - 1e-9
+
+
+def test_weighted_race_picks_rows_in_proportion_to_their_weight():
+    X = np.arange(8.0).reshape(4, 2)
+    w = np.array([1.0, 2.0, 3.0, 0.0])
+    copies = np.repeat(X, w.astype(int), axis=0)[::-1]
+    wins = np.zeros(4)
+    n = 4000
+    for seed in range(n):
+        # two blocks; the winner is the entry with the smallest key
+        entries = [weighted_race((seed, 5), X[:2], w[:2]), weighted_race((seed, 5), X[2:], w[2:])]
+        row = min(entries, key=lambda e: e[0])[1]
+        wins[int(row[0] // 2)] += 1
+        # a row of weight w and w copies of it enter alike
+        np.testing.assert_array_equal(weighted_race((seed, 5), copies, None)[1], weighted_race((seed, 5), X, w)[1])
+    p = w / w.sum()
+    assert wins[3] == 0
+    assert (np.abs(wins - n * p) <= 4 * np.sqrt(n * p * (1 - p))).all()
+
+
+def test_kmeans_parallel_treats_a_weight_of_w_as_w_copies(grid_blobs):
+    X, _ = grid_blobs
+    X = X[:600]
+    counts = np.random.default_rng(3).integers(0, 4, size=len(X))
+    order = np.random.default_rng(4).permutation(len(X))
+    repeated = np.repeat(X, counts, axis=0)
+
+    def centres(part):
+        first = [weighted_race((s, 5), part.X, part.weights)[1] for s in (11, 12)]
+        return kmp.kmeans_parallel_centres(lambda fn, shared: [fn(shared, part)], None, part.n_rows, 9,
+                                           [11, 12], first=first)
+
+    weighted = centres(Partition(X[order], counts[order].astype(float)))
+    copies = centres(Partition(repeated))
+    for a, b in zip(weighted, copies):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_kmeans_parallel_start_does_not_depend_on_partitioning(grid_blobs):

@@ -60,3 +60,19 @@ def test_pipeline_and_grid_search_pick_the_true_number_of_components(blobs):
     # Same partition of the points as scikit-learn's own mixture (up to label names).
     sk = make_pipeline(StandardScaler(), SkGaussianMixture(3, random_state=0)).fit(blobs).predict(blobs)
     assert len({(a, b) for a, b in zip(labels, sk)}) == 3
+
+
+@pytest.mark.parametrize("kw", [
+    dict(), dict(covariance_type="diag"), dict(covariance_type="tied"), dict(covariance_type="spherical"),
+    dict(n_components=3, n_init=2), dict(init_params="kmeans"), dict(init_params="k-means++"),
+    dict(init_params="random_from_data"), dict(init_params="random"),
+])
+def test_a_sample_weight_of_w_is_w_copies_of_the_row(kw):
+    """scikit-learn's own check (which its KMeans is marked to fail): integer weights, zeros
+    included, against the rows repeated (and in another order), with every initialisation."""
+    from sklearn.utils.estimator_checks import check_sample_weight_equivalence_on_dense_data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_sample_weight_equivalence_on_dense_data("GaussianMixture",
+                                                      dem.GaussianMixture(**{"n_components": 2, **kw}))

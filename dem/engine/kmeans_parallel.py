@@ -1,10 +1,11 @@
 """Scalable k-means++ ("k-means‖", Bahmani et al., 2012) over row partitions.
 
-The candidate set C starts with one row chosen uniformly at random; each
-round, every row joins C independently with probability ``ℓ·w·d²(x, C)/φ``
-(``φ`` the total weighted cost of C); finally each candidate is weighted by
-the (weighted) number of rows nearest to it, and weighted k-means on the
-driver reduces the candidates to ``n_components`` centres.
+The candidate set C starts with one row chosen at random in proportion to
+its weight; each round, every row joins C independently with probability
+``ℓ·w·d²(x, C)/φ`` (``φ`` the total weighted cost of C); finally each
+candidate is weighted by the (weighted) number of rows nearest to it, and
+weighted k-means on the driver reduces the candidates to ``n_components``
+centres.
 
 One pass per round, not two: a partition does not know ``φ`` during the pass,
 but its own cost ``φ_p ≤ φ``, so it keeps every row with ``u < ℓ·c/φ_p`` (a
@@ -17,8 +18,18 @@ partition's ``X``) chooses what is clustered, so a conditional model can
 cluster the joint ``[x, y]``. The passes go through any object with the
 executor's ``map``. Each restart draws from its own seed, so restarts
 evaluated in the same passes get exactly the candidates they would get
-alone; draws are keyed by global row, so they do not depend on the
-partitioning.
+alone.
+
+A sample weight of w acts exactly as w copies of the row: the draws are keyed
+by a row's content, not its index (:func:`~dem.data.row_random.content_uniforms`),
+identical rows of a partition are merged into one row carrying their total
+weight, the first candidate comes from a weighted race the caller runs in a
+pass it makes anyway (``first``), and the candidates are sorted before the
+driver's k-means, so neither their order nor the rows' order matters. The
+draws do not depend on the partitioning, with one exception: identical rows
+that straddle a partition boundary are merged per partition (one draw each,
+with each part's weight), which a single pass cannot avoid — knowing a row's
+total multiplicity needs a group-by over the whole dataset.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from dem.data.record import Partition
-from dem.data.row_random import row_uniforms
+from dem.data.row_random import content_uniforms, merge_identical_rows
 
 #: Rounds of oversampling. Spark MLlib uses 2 (its initSteps); each costs a pass.
 DEFAULT_ROUNDS = 2
@@ -60,13 +71,14 @@ def oversample_partition(shared: tuple, part: Partition) -> list[tuple]:
     """One round on one partition, for every restart: (φ_p, rows, costs, uniforms) each."""
     seeds, round_index, ells, candidates, rows = shared
     X = partition_rows(rows, part)
-    w = part.weights
+    first, total, hashes = merge_identical_rows(X, part.weights)
+    X = X[first]  # each distinct row once, carrying the weight of its copies
     out = []
     for seed, ell, C in zip(seeds, ells, candidates):
         d, _ = _min_sqdist(C, X)
-        cost = d if w is None else d * np.asarray(w, dtype=np.float64)
+        cost = d * total
         phi_p = float(cost.sum())
-        u = row_uniforms((seed, 7, round_index), part.start, X.shape[0])
+        u = content_uniforms((seed, 7, round_index), hashes)
         keep = (u * phi_p < ell * cost) if phi_p > 0 else np.zeros(X.shape[0], dtype=bool)
         out.append((phi_p, X[keep], cost[keep], u[keep]))
     return out
@@ -94,6 +106,7 @@ def kmeans_parallel_centres(
     rounds: int = DEFAULT_ROUNDS,
     oversampling: float | None = None,
     rows: Callable | None = None,
+    first: list[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Initial centres for each seed by k-means‖, sharing the data passes.
 
@@ -108,6 +121,10 @@ def kmeans_parallel_centres(
     rounds : oversampling rounds (passes)
     oversampling : ℓ, expected rows added per round (default ``2·n_components``)
     rows : module-level ``rows(part)`` giving what to cluster (default: ``part.X``)
+    first : the first candidate of each seed, e.g. the winner of a
+        :func:`~dem.data.row_random.weighted_race` run in an earlier pass;
+        default a row drawn uniformly by index (``read_row``), which ignores
+        weights and is not the same row for repeated data
 
     Returns
     -------
@@ -116,9 +133,12 @@ def kmeans_parallel_centres(
     ks = list(n_components) if isinstance(n_components, (list, tuple)) else [n_components] * len(seeds)
     ells = tuple(float(oversampling if oversampling is not None else 2 * k) for k in ks)
     candidates = []
-    for seed in seeds:
-        first = int(np.random.default_rng([seed, 7]).integers(n_samples))
-        candidates.append(np.asarray(read_row(first), dtype=np.float64).reshape(1, -1))
+    for j, seed in enumerate(seeds):
+        if first is not None:
+            candidates.append(np.asarray(first[j], dtype=np.float64).reshape(1, -1))
+            continue
+        row = int(np.random.default_rng([seed, 7]).integers(n_samples))
+        candidates.append(np.asarray(read_row(row), dtype=np.float64).reshape(1, -1))
     for r in range(rounds):
         parts = map_partitions(oversample_partition, (tuple(seeds), r, ells, tuple(candidates), rows))
         for j, ell in enumerate(ells):
@@ -127,6 +147,9 @@ def kmeans_parallel_centres(
                 continue  # every row already sits on a candidate
             new = [p[j][1][p[j][3] * phi < ell * p[j][2]] for p in parts]
             candidates[j] = np.vstack([candidates[j], *new])
+    # Sorted and without repeats: the driver's k-means (and its k-means++ start) sees
+    # the same candidates in the same order whatever the order of the rows.
+    candidates = [np.unique(C + 0.0, axis=0) for C in candidates]
     weights = map_partitions(candidate_weights, (tuple(candidates), rows))
     centres = []
     for j, (seed, k) in enumerate(zip(seeds, ks)):

@@ -70,9 +70,9 @@ class DataPasses:
         """Rows ``start:stop`` with their side data (weights, targets), on the driver."""
         return self.data.read_partition(start, stop)
 
-    def kmeans_parallel(self, n_clusters: list[int], seeds: list[int], rows: Callable | None = None
-                        ) -> list[np.ndarray]:
+    def kmeans_parallel(self, n_clusters: list[int], seeds: list[int], rows: Callable | None = None,
+                        first: list[np.ndarray] | None = None) -> list[np.ndarray]:
         return kmeans_parallel_centres(
             lambda fn, shared: self.map(fn, shared),
             lambda i: partition_rows(rows, self.read_partition_rows(i, i + 1)),
-            self.n_samples, list(n_clusters), list(seeds), rows=rows)
+            self.n_samples, list(n_clusters), list(seeds), rows=rows, first=first)

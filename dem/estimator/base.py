@@ -30,7 +30,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 
 from dem.estimator import params as P
-from dem.errors import ConfigError, EmptyComponentWarning
+from dem.errors import CollapsedComponentWarning, ConfigError, EmptyComponentWarning
 
 if TYPE_CHECKING:  # pragma: no cover
     from dem.data.partitions import PartitionedData
@@ -122,7 +122,8 @@ class EMEstimator(BaseEstimator):
     #: Whether ``data.generate`` (synthetic Gaussian-mixture data) makes sense for this kind.
     _config_generates_data: ClassVar[bool] = False
     #: Notes of the reported fit that ``fit`` also raises as warnings, by kind.
-    _warned_notes: ClassVar[dict[str, type]] = {"empty": EmptyComponentWarning}
+    _warned_notes: ClassVar[dict[str, type]] = {"empty": EmptyComponentWarning,
+                                                 "collapsed": CollapsedComponentWarning}
     #: scikit-learn warns when the best initialisation did not converge; hmmlearn does not.
     _warn_not_converged: ClassVar[bool] = True
 

@@ -93,13 +93,14 @@ class MixtureMixin:
 
     def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Draw samples and their component labels from the fitted mixture, as scikit-learn does."""
-        from dem.errors import ConfigError
+        from dem.errors import ConfigError, plain_repr
         from dem.estimator.params import seed_from
 
+        p = self._fitted_params()  # NotFittedError first, as scikit-learn checks
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-            raise ConfigError(f"Invalid value for 'n_samples': {n_samples}. The sampling requires at "
-                              "least one sample.")
-        p = self._fitted_params()
+            # scikit-learn's sentence (it prints n_components where the value belongs; dem prints the value).
+            raise ConfigError(f"Invalid value for 'n_samples': {plain_repr(n_samples)} . The sampling requires "
+                              "at least one sample.")
         rng = np.random.default_rng(seed_from(self.random_state))
         covs = self._full_covariances()
         counts = rng.multinomial(int(n_samples), p.weights)

@@ -75,11 +75,18 @@ IDENTITY_EXCLUDED = frozenset({
 })
 
 
-def validate(estimator: Any) -> None:
-    """Check every hyperparameter against the estimator's constraints (one clear error)."""
+def validate(estimator: Any, names: tuple[str, ...] | None = None) -> None:
+    """Check every hyperparameter (or those in ``names``) against the estimator's constraints (one clear error).
+
+    ``names`` serves inference on a fitted model: the settings it reads
+    (``covariance_type``, …) may have been changed after ``fit``.
+    """
+    constraints, values = estimator._parameter_constraints, estimator.get_params(deep=False)
+    if names is not None:
+        constraints = {k: v for k, v in constraints.items() if k in names}
+        values = {k: v for k, v in values.items() if k in names}
     try:
-        validate_parameter_constraints(estimator._parameter_constraints, estimator.get_params(deep=False),
-                                       caller_name=type(estimator).__name__)
+        validate_parameter_constraints(constraints, values, caller_name=type(estimator).__name__)
     except InvalidParameterError as exc:
         raise InvalidParameter(str(exc)) from None
 

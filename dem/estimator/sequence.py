@@ -21,6 +21,7 @@ is also True when ``n_iter`` was reached.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -35,6 +36,13 @@ from threadpoolctl import threadpool_limits
 from dem.errors import ConfigError
 from dem.estimator.base import EMEstimator
 from dem.estimator.params import Integral, Interval, Real, StrOptions
+
+#: hmmlearn reports these through :mod:`logging` (its ``_log.warning``), with these words.
+_log = logging.getLogger(__name__)
+OVERWRITTEN = ("Even though the %r attribute is set, it will be overwritten during initialization because "
+               "'init_params' contains %r")
+DEGENERATE = ("Fitting a model with %d free scalar parameters with only %d data points will result in a "
+              "degenerate solution.")
 
 
 class ConvergenceMonitor:
@@ -181,7 +189,14 @@ class HMMEstimator(EMEstimator):
     def _init_emission(self, needs: set[str], user: dict, summary: Any, seed: int, n_features: int) -> dict:
         raise NotImplementedError
 
-    def _check_emission(self, p: Any, n_features: int) -> None:
+    def _check_emission(self, p: Any, n_features: int, fitted: bool = False) -> None:
+        """A ConfigError for emission parameters of the wrong shape or value.
+
+        ``fitted``: parameters EM produced (or that inference is about to use)
+        are held only to what the densities can evaluate; a degenerate fit
+        (a singular covariance, a variance a negative prior drove below zero)
+        is scored as hmmlearn scores it.
+        """
         raise NotImplementedError
 
     def _set_emission(self, p: Any) -> None:
@@ -255,10 +270,16 @@ class HMMEstimator(EMEstimator):
 
     def _initialize(self, members: list[tuple[Any, int]], passes: Any, data: Any) -> list[Any]:
         needs, user = self._needs(), self._user()
+        for code, name in self._attributes.items():
+            if code in self.init_params and hasattr(self, name):
+                _log.warning(OVERWRITTEN, name.lstrip("_"), code)
         summary = None
         if self._symbols or self._emission_summary_needed(needs):
             summary = self._summary(members[0][0], passes, data)
         n_features = self._resolve_n_features(data, user, summary)
+        n_fit_scalars = members[0][0].n_parameters(n_features)
+        if data.n_samples * data.n_features < n_fit_scalars:
+            _log.warning(DEGENERATE, n_fit_scalars, data.n_samples * data.n_features)
         K = self.n_components
         out = []
         for _, seed in members:
@@ -315,10 +336,16 @@ class HMMEstimator(EMEstimator):
         self._check_transitions(params.startprob, params.transmat)
         return params
 
+    #: Settings inference reads, checked again there: they may have been changed after ``fit``.
+    _inference_params: ClassVar[tuple[str, ...]] = ("n_components", "covariance_type", "n_mix", "algorithm")
+
     def _fitted_family(self) -> Any:
+        from dem.estimator.params import validate
+
+        validate(self, self._inference_params)
         params = self._fitted_params()
         n_features = getattr(self, "n_features", None) or self._n_features_of(params)
-        self._check_emission(params, n_features)
+        self._check_emission(params, n_features, fitted=True)
         return self._family(n_features)
 
     def _verbose_callback(self, data: Any) -> Any:
@@ -529,7 +556,7 @@ class HMMEstimator(EMEstimator):
         self._check_transitions(params.startprob, params.transmat)
         self._set_emission(params)
         self.n_features = int(fitted["n_features"])
-        self._check_emission(params, self.n_features)
+        self._check_emission(params, self.n_features, fitted=True)
         monitor = fitted.get("monitor") or {}
         if isinstance(monitor, str):
             monitor = json.loads(monitor)

@@ -95,7 +95,9 @@ class Note:
     kind : str
         What happened: ``"empty"`` (a component lost its data),
         ``"never_left"`` (an HMM state was never left), ``"decreased"`` (the
-        objective fell), ``"rejected"`` (an extrapolation was rejected), …
+        objective fell), ``"rejected"`` (an extrapolation was rejected),
+        ``"collapsed"`` (the M-step collapsed a component: the member
+        stopped with the parameters from before it), …
     component : int or None
         The component or state concerned, if any.
     message : str
@@ -265,9 +267,9 @@ class Passes(Protocol):
     def sample(self, seeds: list[int], size: int, rows: Callable | None = None) -> list[Partition]:
         """For each seed, an even sample of about ``size`` rows from every partition."""
 
-    def kmeans_parallel(self, n_clusters: list[int], seeds: list[int], rows: Callable | None = None
-                        ) -> list[np.ndarray]:
-        """k-means‖ centres per (n_clusters, seed), sharing the passes."""
+    def kmeans_parallel(self, n_clusters: list[int], seeds: list[int], rows: Callable | None = None,
+                        first: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """k-means‖ centres per (n_clusters, seed), sharing the passes; ``first``: each seed's first candidate."""
 
 
 def member_seed(random_state_seed: int, restart: int) -> int:

@@ -44,7 +44,7 @@ from dem.families.base import Family, FlatParameters, Note, Passes, Rebasing, St
 from dem.families.gaussian_mixture import (
     COVARIANCE_TYPES, GaussianMixtureFamily, n_mixture_parameters, rebase_moments,
 )
-from dem.families.gaussian_params import GMMParams, params_from, precisions_from_cholesky
+from dem.families.gaussian_params import params_from, precisions_from_cholesky
 
 #: Weight below which ``summary_lines`` (``dem info``) counts a component as unused.
 EFFECTIVE_WEIGHT = 1e-2

@@ -200,7 +200,7 @@ class CategoricalHMM(HMMEstimator):
             e = np.atleast_2d(user["e"])
         return {"emissionprob": np.asarray(e, dtype=np.float64)}
 
-    def _check_emission(self, p: CategoricalHMMParams, n_features: int) -> None:
+    def _check_emission(self, p: CategoricalHMMParams, n_features: int, fitted: bool = False) -> None:
         check_distribution("emissionprob_", p.emissionprob, (self.n_components, n_features), rows=True)
 
     def _set_emission(self, p: CategoricalHMMParams) -> None:

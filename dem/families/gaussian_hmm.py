@@ -20,7 +20,7 @@ from dem.estimator.sequence import HMMEstimator, kmeans_centres
 from dem.families.base import FlatParameters
 from dem.families.gaussian_params import covariance_from_vector, covariance_to_vector
 from dem.families.hmm import (
-    COVARIANCE_TYPES, ROW_BLOCK, Gaussians, HMMFamily, HMMStats, _finite_block, _per_state,
+    COVARIANCE_TYPES, ROW_BLOCK, Gaussians, HMMFamily, HMMStats, _finite_block, _per_state, _ratio_or_previous,
     check_covariances, full_covariances, packed_outer, transitions_from_vector, transitions_to_vector,
     unpack_symmetric,
 )
@@ -145,7 +145,7 @@ class GaussianHMMFamily(HMMFamily, FlatParameters):
         means = params.means
         if "m" in self.params:
             obs = F + denom * c
-            means = (mw * mp + obs) / (mw + denom)
+            means = _ratio_or_previous(mw * mp + obs, mw + denom, params.means)
         covars = params.covars
         if "c" in self.params:
             meandiff = means - mp
@@ -166,9 +166,10 @@ class GaussianHMMFamily(HMMFamily, FlatParameters):
                 c_n = _per_state(self.means_weight, 2) * (meandiff[:, :, None] * meandiff[:, None, :]) + scatter
                 cvweight = np.maximum(np.asarray(self.covars_weight, dtype=np.float64) - D, 0.0)
                 if self.covariance_type == "tied":
-                    covars = (cp + c_n.sum(axis=0)) / (cvweight + post.sum())
+                    covars = _ratio_or_previous(cp + c_n.sum(axis=0), cvweight + post.sum(), params.covars)
                 else:
-                    covars = (cp + c_n) / (_per_state(cvweight, 2) + post[:, None, None])
+                    covars = _ratio_or_previous(cp + c_n, _per_state(cvweight, 2) + post[:, None, None],
+                                                params.covars)
         return {"means": means, "covars": covars}
 
     def free_scalars(self, n_features: int) -> dict[str, int]:
@@ -351,16 +352,16 @@ class GaussianHMM(HMMEstimator):
             covars = {"spherical": np.full(K, cv.mean()), "tied": cv, "diag": np.tile(np.diag(cv), (K, 1)),
                       "full": np.tile(cv, (K, 1, 1))}[ct]
         else:
-            covars = user["c"]
+            covars = self._stored_covars(user["c"])
         return {"means": np.asarray(means, dtype=np.float64), "covars": np.asarray(covars, dtype=np.float64)}
 
-    def _check_emission(self, p: GaussianHMMParams, n_features: int) -> None:
+    def _check_emission(self, p: GaussianHMMParams, n_features: int, fitted: bool = False) -> None:
         K, D = self.n_components, n_features
         if p.means.shape != (K, D):
             raise ConfigError(f"means_ must have shape ({K}, {D}); got {p.means.shape}")
         if not np.isfinite(p.means).all():
             raise ConfigError("means_ must be finite")
-        check_covariances(p.covars, K, D, "covars_", self.covariance_type)
+        check_covariances(p.covars, K, D, "covars_", self.covariance_type, fitted=fitted)
 
     def _set_emission(self, p: GaussianHMMParams) -> None:
         self.means_ = p.means
@@ -371,7 +372,19 @@ class GaussianHMM(HMMEstimator):
 
     def _emission_params(self) -> dict[str, np.ndarray]:
         return {"means": np.asarray(self.means_, dtype=np.float64),
-                "covars": np.asarray(self._covars_, dtype=np.float64)}
+                "covars": self._stored_covars(self._covars_)}
+
+    def _stored_covars(self, covars: Any) -> np.ndarray:
+        """``covars`` in the stored shape; spherical ones of any length-K shape, e.g. (K, 1), become (K,).
+
+        hmmlearn accepts any spherical ``covars_`` with ``len(covars) == n_components``;
+        dem takes those holding one variance per state.
+        """
+        covars = np.asarray(covars, dtype=np.float64)
+        K = self.n_components
+        if self.covariance_type == "spherical" and covars.ndim > 1 and len(covars) == K and covars.size == K:
+            return covars.reshape(K)
+        return covars
 
 
 ESTIMATORS = [GaussianHMM]

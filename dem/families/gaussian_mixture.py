@@ -15,7 +15,13 @@ it keeps its previous mean and covariance, and its weight is floored at
 ``10·eps`` (relative) so it can still win points back later; the iteration
 gets a ``Note(kind="empty")``. A component whose covariance (with
 ``reg_covar`` on the diagonal) is not positive definite has *collapsed*:
-:class:`~dem.errors.CollapsedComponentError` names it, instead of NaN.
+:class:`~dem.errors.CollapsedComponentError` (a ``ValueError`` with
+scikit-learn's sentence, then dem's detail naming the component) says so,
+instead of NaN. At initialisation the fit raises it, as scikit-learn does;
+during EM the restart stops with the parameters from before the collapsing
+M-step (``Note(kind="collapsed")``, a
+:class:`~dem.errors.CollapsedComponentWarning`), so a fit that diverges
+still reports its best parameters (scikit-learn's issue 18216).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from dem.data.record import Partition
-from dem.data.row_random import row_uniforms
+from dem.data.row_random import content_uniforms, row_hashes
 from dem.errors import CollapsedComponentError
 from dem.families import gaussian_kernel as kernel
 from dem.families.base import (
@@ -170,9 +176,15 @@ def perturb_means(params: GMMParams, covariance_type: str, rng: np.random.Genera
     return dataclasses.replace(params, means=params.means + step)
 
 
-def random_responsibilities(seed: int, first_row: int, n_rows: int, n_components: int) -> np.ndarray:
-    """Uniform random responsibilities (K, rows), keyed by (seed, global row)."""
-    R = row_uniforms((seed, 13), first_row, n_rows, per_row=n_components).T
+def random_responsibilities(seed: int, X: np.ndarray, n_components: int) -> np.ndarray:
+    """Uniform random responsibilities (K, rows) of the rows ``X``, keyed by (seed, a row's content).
+
+    Keyed by content, not by global row, so a row of sample weight w adds
+    exactly what w copies of it add, wherever the copies are; the draws do
+    not depend on the partitioning either.
+    """
+    h = row_hashes(X)
+    R = np.stack([content_uniforms((seed, 13, k), h) for k in range(n_components)])
     return R / R.sum(axis=0)
 
 
@@ -293,7 +305,7 @@ class GaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasing, Sampled
                 RT = np.zeros((K, m))
                 RT[(cm_sq - 2.0 * (cm @ XcT)).argmin(axis=0), np.arange(m)] = 1.0
             else:
-                RT = random_responsibilities(seed, part.start + a, m, K)
+                RT = random_responsibilities(seed, X[a : a + m], K)
             w = None
             if part.weights is not None:
                 w = kernel.checked_weights(part.weights, a, a + prep.rows, part.start)

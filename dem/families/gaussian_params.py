@@ -14,7 +14,16 @@ from scipy import linalg
 
 from dem.errors import CollapsedComponentError
 
-COLLAPSE_ADVICE = "increase reg_covar, decrease n_components, or scale the input data"
+#: scikit-learn's words (``sklearn/mixture/_gaussian_mixture.py``) when a covariance is not positive
+#: definite; dem's own detail follows them.
+ILL_DEFINED = ("Fitting the mixture model failed because some components have ill-defined empirical "
+               "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
+               "number of components, increase reg_covar, or scale the input data.")
+
+
+def collapsed(detail: str, component: int | None = None) -> CollapsedComponentError:
+    """scikit-learn's ValueError for an ill-defined covariance, with dem's detail after its sentence."""
+    return CollapsedComponentError(f"{ILL_DEFINED} ({detail})", component=component, detail=detail)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,20 +74,19 @@ def compute_precision_cholesky(covariances: np.ndarray, covariance_type: str) ->
             try:
                 chol = linalg.cholesky(covariances[k], lower=True)
             except (linalg.LinAlgError, ValueError):
-                raise CollapsedComponentError(
-                    f"component {k}'s covariance is not positive definite "
-                    f"(it collapsed onto a lower-dimensional set); {COLLAPSE_ADVICE}") from None
+                raise collapsed(f"component {k}'s covariance is not positive definite: it collapsed onto a "
+                                "lower-dimensional set", k) from None
             out[k] = linalg.solve_triangular(chol, np.eye(n_features), lower=True).T
         return out
     if covariance_type == "tied":
         try:
             chol = linalg.cholesky(covariances, lower=True)
         except (linalg.LinAlgError, ValueError):
-            raise CollapsedComponentError(f"the tied covariance is not positive definite; {COLLAPSE_ADVICE}") from None
+            raise collapsed("the tied covariance is not positive definite") from None
         return linalg.solve_triangular(chol, np.eye(covariances.shape[0]), lower=True).T
     bad = np.flatnonzero(~(covariances > 0).reshape(covariances.shape[0], -1).all(axis=1))
     if bad.size:
-        raise CollapsedComponentError(f"component {int(bad[0])} has a zero or negative variance; {COLLAPSE_ADVICE}")
+        raise collapsed(f"component {int(bad[0])} has a zero or negative variance", int(bad[0]))
     return 1.0 / np.sqrt(covariances)
 
 

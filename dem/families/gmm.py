@@ -230,6 +230,9 @@ class GaussianMixture(GaussianMixtureStorage, MixtureMixin, DensityMixin, EMEsti
                          np.asarray(self.covariances_, float), np.asarray(self.precisions_cholesky_, float))
 
     def _fitted_family(self) -> Any:
+        from dem.estimator.params import validate
+
+        validate(self, ("covariance_type", "reg_covar", "missing"))  # they may have changed since fit
         return self._family(int(getattr(self, "n_components_", None) or self._candidates()[0]))
 
     def _run_outputs(self) -> dict[str, Any]:

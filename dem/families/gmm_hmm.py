@@ -20,8 +20,8 @@ from dem.estimator.sequence import HMMEstimator, check_distribution, kmeans_cent
 from dem.families.base import FlatParameters
 from dem.families.gaussian_params import covariance_from_vector, covariance_to_vector
 from dem.families.hmm import (
-    COVARIANCE_TYPES, ROW_BLOCK, Gaussians, HMMFamily, HMMStats, _finite_block, check_covariances,
-    packed_outer, simplex_rows_from_vector, simplex_rows_to_vector, transitions_from_vector,
+    COVARIANCE_TYPES, ROW_BLOCK, Gaussians, HMMFamily, HMMStats, _finite_block, _ratio_or_previous,
+    check_covariances, packed_outer, simplex_rows_from_vector, simplex_rows_to_vector, transitions_from_vector,
     transitions_to_vector, unpack_symmetric,
 )
 
@@ -183,7 +183,7 @@ class GMMHMMFamily(HMMFamily, FlatParameters):
             alphas_minus_one = np.asarray(self.weights_prior, dtype=np.float64) - 1.0
             w_n = post_mix + alphas_minus_one
             w_d = (post + alphas_minus_one.sum(axis=1))[:, None]
-            weights = out["weights"] = w_n / w_d
+            weights = out["weights"] = _ratio_or_previous(w_n, w_d, params.weights)
         lambdas = np.asarray(self.means_weight, dtype=np.float64)
         mus = np.asarray(self.means_prior, dtype=np.float64)
         means = params.means
@@ -194,7 +194,7 @@ class GMMHMMFamily(HMMFamily, FlatParameters):
             # mean is irrelevant, so hmmlearn divides by 1 (before the
             # covariances, where NaN would spread through tied covariances).
             m_d[(weights == 0) & (m_n == 0).all(axis=-1)] = 1.0
-            means = out["means"] = m_n / m_d[:, :, None]
+            means = out["means"] = _ratio_or_previous(m_n, m_d[:, :, None], params.means)
         if "c" in self.params:
             centered_means = means - mus
             d = params.means - c  # E-step means about the shift
@@ -222,7 +222,7 @@ class GMMHMMFamily(HMMFamily, FlatParameters):
                             + post_mix * np.einsum("kmd,kmd->km", d, d))
                 c_n = lambdas * np.einsum("...i,...i", centered_means, centered_means) + 2 * nus + c_n_stat
                 c_d = D * (post_mix + 1) + 2 * (psis + 1)
-            out["covars"] = c_n / c_d
+            out["covars"] = _ratio_or_previous(c_n, c_d, params.covars)
         return out
 
     def free_scalars(self, n_features: int) -> dict[str, int]:
@@ -402,7 +402,7 @@ class GMMHMM(HMMEstimator):
         return {"weights": np.asarray(weights, dtype=np.float64), "means": np.asarray(means, dtype=np.float64),
                 "covars": np.asarray(covars, dtype=np.float64)}
 
-    def _check_emission(self, p: GMMHMMParams, n_features: int) -> None:
+    def _check_emission(self, p: GMMHMMParams, n_features: int, fitted: bool = False) -> None:
         K, M, D, ct = self.n_components, self.n_mix, n_features, self.covariance_type
         check_distribution("weights_", p.weights, (K, M), rows=True)
         if p.means.shape != (K, M, D):
@@ -410,10 +410,10 @@ class GMMHMM(HMMEstimator):
         if not np.isfinite(p.means).all():
             raise ConfigError("means_ must be finite")
         if ct == "tied":
-            check_covariances(p.covars, K, D, "covars_", "full")
+            check_covariances(p.covars, K, D, "covars_", "full", fitted=fitted)
         else:
             check_covariances(p.covars.reshape((K * M,) + p.covars.shape[2:]) if p.covars.shape[:2] == (K, M)
-                               else p.covars, K * M, D, "covars_", ct)
+                               else p.covars, K * M, D, "covars_", ct, fitted=fitted)
 
     def _set_emission(self, p: GMMHMMParams) -> None:
         self.weights_ = p.weights

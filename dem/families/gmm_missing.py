@@ -405,7 +405,7 @@ class MissingDataGaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasi
         acc = self._new_acc(D)
         K = self.n_components
         cm = prep.centred_means
-        R_random = random_responsibilities(seed, row_offset, n, K) if responsibilities == "random" else None
+        R_random = random_responsibilities(seed, X, K) if responsibilities == "random" else None
         for idx, Xb, Mb in self._incomplete_blocks(X, M, incomplete):
             m = len(idx)
             X0c = np.where(Mb, 0.0, Xb - prep.shift)

@@ -31,6 +31,16 @@ Differences from hmmlearn, all deliberate
 * A sequence or observation that has probability zero under the current
   parameters raises :class:`~dem.errors.DataError` naming its rows, instead of
   producing NaN.
+* A state (or GMMHMM mixture component) that explains no observation keeps
+  its previous parameters where hmmlearn's formulas divide 0 by 0 and turn
+  every parameter into NaN (:func:`_ratio_or_previous`).
+* GMMHMM counts ``K·(M − 1)`` free mixture weights (for BIC, AIC and the
+  "degenerate solution" warning); hmmlearn 0.3.3 counts ``M − 1``.
+
+Like hmmlearn's, the emission densities retry a full covariance that is not
+positive definite with :data:`RETRY_COVAR` on its diagonal and floor diagonal
+and spherical variances at the smallest positive float, so data with a
+constant feature, or a sparsely used mixture component, do not stop a fit.
 """
 
 from __future__ import annotations
@@ -51,6 +61,11 @@ COVARIANCE_TYPES: tuple[str, ...] = ("spherical", "diag", "full", "tied")
 DECODER_ALGORITHMS: tuple[str, ...] = ("viterbi", "map")
 
 _LOG_2PI = math.log(2.0 * math.pi)
+_TINY = np.finfo(np.float64).tiny
+
+#: Added to the diagonal of a full covariance whose Cholesky factorisation
+#: fails, before giving up (hmmlearn's ``min_covar`` of ``stats.py``).
+RETRY_COVAR = 1e-7
 
 #: Rows per block for emission densities and moments: (block × D) and
 #: (block × K) temporaries stay in cache.
@@ -117,10 +132,18 @@ class Gaussians:
                          names: list[str]) -> "Gaussians":
         """Prepare densities; ``names[c]`` names component ``c`` in errors.
 
+        As hmmlearn's densities (``hmmlearn.stats``): a full covariance that
+        is not positive definite is retried with :data:`RETRY_COVAR` on its
+        diagonal (a component stuck on too few observations, or data with a
+        constant column), and diagonal or spherical variances are floored at
+        the smallest positive float, so EM keeps going where hmmlearn does.
+
         Raises
         ------
         CollapsedComponentError
-            A covariance is not positive definite (or a variance not positive).
+            A full covariance is not positive definite even with
+            :data:`RETRY_COVAR` added (hmmlearn raises a ValueError there too),
+            or a variance is NaN.
         """
         C, D = means.shape
         advice = "increase covars_prior or min_covar, decrease n_components, or scale the data"
@@ -128,19 +151,24 @@ class Gaussians:
             factor = np.empty((C, D, D))
             log_det = np.empty(C)
             for c in range(C):
-                try:
-                    chol = linalg.cholesky(covars[c], lower=True)
-                except (linalg.LinAlgError, ValueError):
+                chol = _cholesky_or_retry(covars[c])
+                if chol is None:
                     raise CollapsedComponentError(
-                        f"{names[c]}'s covariance is not positive definite; {advice}") from None
+                        f"{names[c]}'s covariance is not positive definite, even with {RETRY_COVAR:g} "
+                        f"added to its diagonal ('covars' must be symmetric, positive-definite); {advice}",
+                        component=c) from None
                 factor[c] = linalg.solve_triangular(chol, np.eye(D), lower=True).T
                 log_det[c] = -np.log(np.diagonal(chol)).sum()
         else:
-            bad = np.flatnonzero(~(covars > 0).reshape(C, -1).all(axis=1))
-            if bad.size:
-                raise CollapsedComponentError(
-                    f"{names[int(bad[0])]} has a zero or negative variance; {advice}")
-            factor = 1.0 / covars
+            covars = np.asarray(covars, dtype=np.float64)
+            nan = np.flatnonzero(np.isnan(covars).reshape(C, -1).any(axis=1))
+            if nan.size:
+                raise CollapsedComponentError(f"{names[int(nan[0])]} has a NaN variance; {advice}",
+                                              component=int(nan[0]))
+            # hmmlearn floors variances at the smallest positive float (a zero
+            # or, from a negative prior, negative variance): such a component
+            # explains only the points at its mean.
+            factor = 1.0 / np.maximum(covars, _TINY)
             log_det = (0.5 * np.log(factor).sum(axis=1) if kind == "diag"
                        else 0.5 * D * np.log(factor))
         return cls(kind, means - shift, factor, log_det - 0.5 * D * _LOG_2PI)
@@ -151,15 +179,27 @@ class Gaussians:
         out = np.empty((Xc.shape[0], C))
         for c in range(C):
             d = Xc - self.means[c]
-            if self.kind == "full":
-                y = d @ self.factor[c]
-                maha = np.einsum("ij,ij->i", y, y)
-            elif self.kind == "diag":
-                maha = (d * d) @ self.factor[c]
-            else:
-                maha = np.einsum("ij,ij->i", d, d) * self.factor[c]
+            # A floored variance makes distances overflow to inf: a log-density of −inf, as in hmmlearn.
+            with np.errstate(over="ignore"):
+                if self.kind == "full":
+                    y = d @ self.factor[c]
+                    maha = np.einsum("ij,ij->i", y, y)
+                elif self.kind == "diag":
+                    maha = (d * d) @ self.factor[c]
+                else:
+                    maha = np.einsum("ij,ij->i", d, d) * self.factor[c]
             out[:, c] = self.log_norm[c] - 0.5 * maha
         return out
+
+
+def _cholesky_or_retry(cov: np.ndarray) -> np.ndarray | None:
+    """Lower Cholesky factor of ``cov``, else of ``cov + RETRY_COVAR·I`` (hmmlearn's retry), else None."""
+    for jitter in (0.0, RETRY_COVAR):
+        try:
+            return linalg.cholesky(cov + jitter * np.eye(cov.shape[0]) if jitter else cov, lower=True)
+        except (linalg.LinAlgError, ValueError):
+            continue
+    return None
 
 
 def full_covariances(covars: np.ndarray, covariance_type: str, n_components: int,
@@ -177,6 +217,22 @@ def full_covariances(covars: np.ndarray, covariance_type: str, n_components: int
     if covariance_type == "tied":
         return np.repeat(covars[None], n_components, axis=0)
     return np.eye(n_features)[None] * np.ravel(covars)[:n_components, None, None]
+
+
+def _ratio_or_previous(numerator: np.ndarray, denominator: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """``numerator / denominator``, keeping ``previous`` where the denominator is zero.
+
+    hmmlearn's M-step formulas give 0/0 = NaN (or x/0 = inf) for a state, or
+    mixture component, that explains no observation (a state no path
+    reaches, a GMMHMM state whose components all have floored variances, a
+    component of zero occupancy under the default priors). Such a state keeps
+    its previous parameters, as an empty component of a Gaussian mixture
+    does, instead of spreading NaN into the next E-step.
+    """
+    zero = np.broadcast_to(denominator == 0, np.broadcast_shapes(np.shape(numerator), np.shape(denominator)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = numerator / np.where(denominator == 0, 1.0, denominator)
+    return np.where(zero, np.broadcast_to(previous, ratio.shape), ratio)
 
 
 def _per_state(value: Any, extra_dims: int) -> Any:
@@ -466,19 +522,26 @@ def sample(family: HMMFamily, params: Any, n_samples: int, random_state: np.rand
     return np.atleast_2d(X), np.array(states, dtype=int)
 
 
-def check_covariances(covars: np.ndarray, K: int, D: int, where: str, ct: str) -> None:
-    """A ConfigError unless ``covars`` has hmmlearn's stored shape and is positive definite."""
+def check_covariances(covars: np.ndarray, K: int, D: int, where: str, ct: str, fitted: bool = False) -> None:
+    """A ConfigError unless ``covars`` has hmmlearn's stored shape and is positive definite.
+
+    ``fitted``: covariances EM produced need only be finite and, when full,
+    symmetric and positive definite once :data:`RETRY_COVAR` is added (what
+    :meth:`Gaussians.from_covariances` evaluates, as hmmlearn's densities do);
+    hmmlearn checks ``covars_`` strictly only when a user sets them.
+    """
     shape = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[ct]
     if covars.shape != shape:
         raise ConfigError(f"{where} must have shape {shape} for covariance_type={ct!r}; got {covars.shape}")
     if not np.isfinite(covars).all():
         raise ConfigError(f"{where} must be finite")
     if ct in ("diag", "spherical"):
-        if not (covars > 0).all():
+        if not fitted and not (covars > 0).all():
             raise ConfigError(f"{where} must be positive for covariance_type={ct!r}")
         return
     for i, c in enumerate(covars.reshape(-1, D, D)):
-        if not np.allclose(c, c.T) or np.linalg.eigvalsh(c).min() <= 0:
+        if not np.allclose(c, c.T) or (_cholesky_or_retry(c) is None if fitted
+                                       else np.linalg.eigvalsh(c).min() <= 0):
             raise ConfigError(f"{where}[{i}] must be symmetric, positive-definite")
 
 

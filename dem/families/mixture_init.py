@@ -2,7 +2,10 @@
 
 1. One sampling pass: every partition contributes a row-keyed Bernoulli
    sample (the same rows whatever the partitioning) and reports whether it
-   holds NaN; it also checks the data (naming the first bad row).
+   holds NaN; it also checks the data (naming the first bad row), and enters
+   k-means‖'s weighted race for each member's first candidate
+   (:func:`~dem.data.row_random.weighted_race`: a sample weight of w acts as
+   w copies of the row).
 2. Centres: k-means‖ over all partitions (two oversampling passes and a
    weighting pass, :mod:`dem.engine.kmeans_parallel`), or a method on the
    sample (``kmeans``, ``k-means++``, ``random_from_data``, ``random``).
@@ -24,7 +27,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from dem.data.record import Partition
-from dem.data.row_random import sample_mask, sample_size
+from dem.data.row_random import merge_identical_rows, sample_mask, sample_size, weighted_race
 from dem.errors import ConfigError, DataError
 from dem.families.base import Passes, StatsTuple
 from dem.families.gaussian_params import GMMParams, params_from
@@ -49,9 +52,9 @@ class MixtureInit:
     missing: bool = False  # NaN marks missing values (missing="em")
 
 
-def _sample_partition(shared: tuple, part: Partition) -> tuple[list, bool]:
-    """Each seed's row-keyed sample of the partition, and whether it holds NaN."""
-    seeds, fraction, missing = shared
+def _sample_partition(shared: tuple, part: Partition) -> tuple[list, bool, list]:
+    """Each seed's row-keyed sample of the partition, whether it holds NaN, and its k-means‖ race entries."""
+    seeds, fraction, missing, race = shared
     X = np.asarray(part.X)
     if missing:
         bad = np.isinf(X)
@@ -77,7 +80,9 @@ def _sample_partition(shared: tuple, part: Partition) -> tuple[list, bool]:
     for seed in seeds:
         keep = sample_mask((seed, 11), part.start, X.shape[0], fraction)
         out.append((np.asarray(X[keep], dtype=np.float64), None if w is None else w[keep]))
-    return out, bool(missing and np.isnan(X).any())
+    has_nan = bool(missing and np.isnan(X).any())
+    races = [weighted_race((seed, 5), X, w) for seed in seeds] if race and not has_nan else []
+    return out, has_nan, races
 
 
 def _assign_members(shared: tuple, part: Partition) -> StatsTuple:
@@ -139,6 +144,44 @@ def nan_tolerant_sample(sample: np.ndarray, weights: np.ndarray | None, n_compon
     return filled, weights, var
 
 
+def canonical_sample(sample: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The sample as distinct rows in sorted order, each with its total weight; zero-weight rows dropped.
+
+    What a centre-placing method sees then does not depend on the order of the
+    rows, and a row of weight w is the same input as w copies of it.
+    Weights come back as None when every row counts once.
+    """
+    first, total, _ = merge_identical_rows(sample, weights)
+    rows = sample[first] + 0.0
+    keep = total > 0
+    rows, total = rows[keep], total[keep]
+    order = np.lexsort(rows.T[::-1]) if rows.shape[0] else np.arange(0)
+    rows, total = rows[order], total[order]
+    return rows, (None if (total == 1.0).all() else total)
+
+
+def sample_centres(method: str, sample: np.ndarray, weights: np.ndarray | None, n_components: int,
+                   seed: int) -> np.ndarray:
+    """:func:`centres` of the :func:`canonical_sample`.
+
+    Fewer distinct rows than components (heavily repeated data) are repeated,
+    as k-means‖ does with its candidates; the M-step treats the duplicates as
+    empty components.
+    """
+    rows, w = canonical_sample(sample, weights)
+    if 0 < rows.shape[0] < n_components <= sample.shape[0] and method != "random":
+        return rows[np.resize(np.arange(rows.shape[0]), n_components)]
+    return centres(method, rows, w, n_components, seed)
+
+
+def weighted_variance(sample: np.ndarray, weights: np.ndarray | None, n_features: int) -> np.ndarray:
+    """Each column's variance over the sample, rows counted by their weight (ones for an empty sample)."""
+    if sample.shape[0] == 0 or (weights is not None and not weights.sum() > 0):
+        return np.ones(n_features)
+    mean = np.average(sample, axis=0, weights=weights)
+    return np.average((sample - mean) ** 2, axis=0, weights=weights)
+
+
 def starting_covariances(var: np.ndarray, k: int, covariance_type: str, reg_covar: float) -> np.ndarray:
     """Diagonal starting covariances from the sample's variances."""
     var = np.maximum(var, 1e-12) + reg_covar
@@ -160,8 +203,8 @@ def initial_params(members: list[tuple[Any, int]], passes: Passes, init: Mixture
     seeds = [seed for _, seed in members]
     ks = [family.n_components for family, _ in members]
     fraction = sample_size(passes.n_samples, max(ks)) / passes.n_samples
-    results = passes.map(_sample_partition, (tuple(seeds), fraction, init.missing))
     method = init.method
+    results = passes.map(_sample_partition, (tuple(seeds), fraction, init.missing, method == "k-means||"))
     if method == "k-means||" and any(r[1] for r in results):
         method = "kmeans"  # distances need complete rows: centres from the NaN-tolerant sample
     samples = []
@@ -171,12 +214,14 @@ def initial_params(members: list[tuple[Any, int]], passes: Passes, init: Mixture
         if init.missing:
             sample, sw, var = nan_tolerant_sample(sample, sw, k)
         else:
-            var = np.var(sample, axis=0) if sample.shape[0] else np.ones(passes.n_features)
+            var = weighted_variance(sample, sw, passes.n_features)
         samples.append((sample, sw, var))
     if method == "k-means||":
-        found = passes.kmeans_parallel(ks, seeds)
+        # Each member's first candidate: the winner of the race the sampling pass ran.
+        first = [min((r[2][j] for r in results), key=lambda entry: entry[0])[1] for j in range(len(seeds))]
+        found = passes.kmeans_parallel(ks, seeds, first=None if any(f is None for f in first) else first)
     else:
-        found = [centres(method, s, sw, k, seed) for (s, sw, _), k, seed in zip(samples, ks, seeds)]
+        found = [sample_centres(method, s, sw, k, seed) for (s, sw, _), k, seed in zip(samples, ks, seeds)]
     how = "random" if method == "random" else "nearest"
     pseudo = [params_from(ct, np.full(k, 1.0 / k), c, covariances=starting_covariances(var, k, ct, init.reg_covar))
               for k, c, (_, _, var) in zip(ks, found, samples)]
@@ -198,22 +243,38 @@ def initial_params(members: list[tuple[Any, int]], passes: Passes, init: Mixture
 
 
 def check_user_parameters(init: MixtureInit, n_components: int, n_features: int) -> None:
-    """One clear error for user-supplied initial parameters of the wrong shape or value."""
+    """One clear error for user-supplied initial parameters of the wrong shape or value.
+
+    The sentences are scikit-learn's (``sklearn/mixture``: ``_check_shape``,
+    ``_check_weights``, ``_check_precisions``), followed by the parameter's name.
+    """
     K, D, ct = n_components, n_features, init.covariance_type
+
+    def shape_error(name: str, expected: tuple, got: tuple, param: str) -> ConfigError:
+        return ConfigError(f"The parameter '{name}' should have the shape of {expected}, but got {got} ({param})")
+
     if init.weights_init is not None:
         w = np.asarray(init.weights_init, dtype=np.float64)
         if w.shape != (K,):
-            raise ConfigError(f"weights_init must have shape ({K},); got {w.shape}")
-        if (w < 0).any() or (w > 1).any() or not math.isclose(w.sum(), 1.0, rel_tol=0, abs_tol=1e-6):
-            raise ConfigError(f"weights_init must be in [0, 1] and sum to 1; they sum to {float(w.sum()):.6f}")
+            raise shape_error("weights", (K,), w.shape, "weights_init")
+        if (w < 0).any() or (w > 1).any():
+            # scikit-learn's words, min and max as it prints them
+            raise ConfigError(f"The parameter 'weights' should be in the range [0, 1], but got max value "
+                              f"{w.min():.5f}, min value {w.max():.5f} (weights_init)")
+        if not math.isclose(w.sum(), 1.0, rel_tol=0, abs_tol=1e-6):
+            raise ConfigError(f"The parameter 'weights' should be normalized, but got sum(weights) = "
+                              f"{w.sum():.5f} (weights_init)")
     if init.means_init is not None:
         m = np.asarray(init.means_init, dtype=np.float64)
         if m.shape != (K, D):
-            raise ConfigError(f"means_init must have shape ({K}, {D}); got {m.shape}")
+            raise shape_error("means", (K, D), m.shape, "means_init")
     if init.precisions_init is not None:
         p = np.asarray(init.precisions_init, dtype=np.float64)
         shape = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[ct]
         if p.shape != shape:
-            raise ConfigError(f"precisions_init must have shape {shape} for covariance_type={ct!r}; got {p.shape}")
-        if ct in ("diag", "spherical") and not (p > 0).all():
-            raise ConfigError("precisions_init must be positive")
+            raise shape_error(f"{ct} precision", shape, p.shape, "precisions_init")
+        if ct in ("diag", "spherical"):
+            if not (p > 0).all():
+                raise ConfigError(f"'{ct} precision' should be positive (precisions_init)")
+        elif not all(np.allclose(q, q.T) and np.linalg.eigvalsh(q).min() > 0 for q in p.reshape(-1, D, D)):
+            raise ConfigError(f"'{ct} precision' should be symmetric, positive-definite (precisions_init)")

@@ -22,6 +22,7 @@ from dem.engine.fitting import fit_members
 from dem.engine.monitor import ObjectiveDecreasedWarning
 from dem.engine.passes import DataPasses
 from dem.engine.strategies.em import EMStrategy
+from dem.errors import CollapsedComponentError
 from dem.families.base import Family, Stats
 from dem.families.gaussian_mixture import GaussianMixtureFamily as GaussianMixtureModel
 
@@ -308,3 +309,37 @@ def test_engine_reports_a_decrease_of_the_objective():
     history = run.monitor.history
     assert [n["kind"] for n in history[2].notes] == ["decreased"]
     assert not any(history[i].notes for i in (0, 1, 3))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _CollapsingFamily(_ScriptedFamily):
+    """The M-step from parameter 3 collapses a component."""
+
+    def m_step(self, stats, params):
+        if int(params.t) == 3:
+            raise CollapsedComponentError("the mixture collapsed", component=1,
+                                          detail="component 1's covariance is not positive definite")
+        return super().m_step(stats, params)
+
+
+def test_a_member_whose_m_step_collapses_stops_with_the_parameters_before_it():
+    f = lambda t: -1.0 / (t + 1)  # noqa: E731
+    data = as_partitioned(np.zeros((64, 1)), partition_rows=8)
+    ex = Executor()
+    passes = DataPasses(ex, ex.place(data, cache=True))
+    strategy, family = EMStrategy(10, 0.0), _CollapsingFamily(f)
+    healthy = strategy.start(_ScriptedFamily(f), _Counter(np.asarray(0)), 1)
+    outcome = fit_members(passes, start=lambda: [strategy.start(family, _Counter(np.asarray(0)), 0), healthy],
+                          restore=None, labels=[{"restart": 0}, {"restart": 1}])
+    run = outcome.runs[0]
+    # E-steps at 0, 1, 2, 3; the M-step from 3 failed: 3 is the result, measured by the last E-step.
+    assert run.iterations == 4 and run.done and run.stopped and not run.converged
+    assert int(run.params.t) == 3 and run.lower_bound == f(3)
+    assert [(n["kind"], n["component"]) for n in run.monitor.history[-1].notes] == [("collapsed", 1)]
+    assert "component 1's covariance is not positive definite in the M-step of iteration 4" \
+        in run.monitor.history[-1].notes[0]["message"]
+    assert outcome.runs[1].iterations == 10  # the other member went on
+    # A checkpoint restores the stop, whatever the new tolerance says about the last change.
+    js, arrays = run.state()
+    again = EMStrategy(20, 1.0).restore(family, js, arrays)
+    assert again.done and again.stopped and not again.converged and int(again.params.t) == 3

@@ -7,6 +7,7 @@ fitted from the same starting parameters, and a naive per-row loop over
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -14,12 +15,12 @@ import pytest
 from scipy import linalg
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import dem
 from dem.engine.monitor import ObjectiveDecreasedWarning
-from dem.errors import CollapsedComponentError
+from dem.errors import CollapsedComponentError, CollapsedComponentWarning
 from dem.data.record import Partition
 from dem.families.gaussian_mixture import GaussianMixtureFamily as GaussianMixtureModel
 
@@ -340,15 +341,30 @@ def _collapsing_data() -> tuple[np.ndarray, dict]:
 
 
 @pytest.mark.parametrize("ct", ("full", "diag", "spherical"))
-def test_component_on_a_single_point_with_no_regularisation_raises(ct):
+def test_component_collapsing_during_em_stops_with_the_parameters_before(ct):
+    """A component on a single point with reg_covar=0 collapses in the first M-step. scikit-learn
+    raises; dem keeps what it had (here the starting parameters, whose mean log-likelihood the step
+    measured), stops that restart, warns and records a note."""
     X, start = _collapsing_data()
     prec = {"full": np.stack([np.eye(2)] * 2), "diag": np.ones((2, 2)), "spherical": np.ones(2)}[ct]
     kw = dict(covariance_type=ct, reg_covar=0.0, max_iter=5, precisions_init=prec, **start)
     # sklearn agrees that this covariance is degenerate.
     with pytest.raises(ValueError, match="ill-defined empirical covariance"):
         SkGaussianMixture(2, **kw).fit(X)
-    with pytest.raises(CollapsedComponentError, match="component 1"):
-        dem.GaussianMixture(2, **kw).fit(X)
+    with pytest.warns(CollapsedComponentWarning, match="component 1"), \
+            pytest.warns(ConvergenceWarning, match="Best performing initialization did not converge"):
+        est = dem.GaussianMixture(2, **kw).fit(X)
+    assert not est.converged_ and est.n_iter_ == 1
+    assert [n["kind"] for n in est.history_[-1]["notes"]] == ["collapsed"]
+    assert est.history_[-1]["notes"][0]["component"] == 1
+    # The reported model is the starting one, scored as sklearn scores it.
+    sk = SkGaussianMixture(2, covariance_type=ct)
+    sk.weights_, sk.means_ = np.asarray(start["weights_init"]), np.asarray(start["means_init"])
+    sk.precisions_cholesky_ = np.sqrt(prec) if ct != "full" else np.stack([np.eye(2)] * 2)
+    sk.covariances_ = 1.0 / prec if ct != "full" else np.stack([np.eye(2)] * 2)
+    np.testing.assert_allclose(est.means_, sk.means_, rtol=0)
+    np.testing.assert_allclose(est.covariances_, sk.covariances_, rtol=1e-15)
+    np.testing.assert_allclose(est.lower_bound_, sk.score(X), rtol=1e-12)
     # With the default reg_covar the same fit runs, and the point component
     # stays on the point.
     with warnings.catch_warnings():
@@ -359,6 +375,73 @@ def test_component_on_a_single_point_with_no_regularisation_raises(ct):
     assert np.isfinite(ok.covariances_).all() and np.isfinite(ok.lower_bounds_).all()
     np.testing.assert_allclose(ok.means_[1], [100.0, 100.0], rtol=1e-12)
     np.testing.assert_allclose(ok.weights_, [300 / 350, 50 / 350], rtol=1e-9)
+
+
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
+def test_ill_defined_covariance_at_initialisation_raises_sklearns_value_error(ct):
+    """scikit-learn's test_regularisation: ten components on two distinct points, reg_covar=0."""
+    X = np.vstack((np.ones((5, 5)), np.zeros((5, 5))))
+    msg = ("Fitting the mixture model failed because some components have ill-defined empirical "
+           "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
+           "number of components, increase reg_covar, or scale the input data.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)  # sklearn's k-means: 2 distinct points
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            SkGaussianMixture(10, reg_covar=0, covariance_type=ct, random_state=0).fit(X)
+        with pytest.raises(CollapsedComponentError, match=re.escape(msg) + r" \(.+\)$"):
+            dem.GaussianMixture(10, reg_covar=0, covariance_type=ct, random_state=0).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dem.GaussianMixture(10, reg_covar=1e-6, covariance_type=ct, random_state=0).fit(X)
+
+
+def test_sklearn_issue_18216_divergence_keeps_the_best_parameters():
+    """scikit-learn's test_gaussian_mixture_setting_best_params: spherical, reg_covar=0, one
+    iteration from a start that diverges. The fit finishes, has not converged, and holds every
+    fitted attribute; its lower bound is scikit-learn's (the objective of the same E-step)."""
+    rnd = np.random.RandomState(0)
+    X = rnd.uniform(size=(30, 3))
+    kw = dict(covariance_type="spherical", reg_covar=0, n_components=6, max_iter=1, means_init=np.array([
+        [0.670637869618158, 0.21038256107384043, 0.12892629765485303],
+        [0.09394051075844147, 0.5759464955561779, 0.929296197576212],
+        [0.5033230372781258, 0.9569852381759425, 0.08654043447295741],
+        [0.18578301420435747, 0.5531158970919143, 0.19388943970532435],
+        [0.4548589928173794, 0.35182513658825276, 0.568146063202464],
+        [0.609279894978321, 0.7929063819678847, 0.9620097270828052]]),
+        precisions_init=np.array([999999.999604483, 999999.9990869573, 553.7603944542167, 204.78596008931834,
+                                  15.867423501783637, 85.4595728389735]),
+        weights_init=[0.03333333333333341, 0.03333333333333341, 0.06666666666666674, 0.06666666666666674,
+                      0.7000000000000001, 0.10000000000000007])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk = SkGaussianMixture(random_state=rnd, **kw).fit(X)
+        est = dem.GaussianMixture(random_state=rnd, **kw).fit(X)
+    assert not est.converged_ and not sk.converged_
+    for attr in ("weights_", "means_", "covariances_", "precisions_cholesky_", "n_iter_", "lower_bound_",
+                 "lower_bounds_"):
+        assert hasattr(est, attr)
+    np.testing.assert_allclose(est.lower_bound_, sk.lower_bound_, rtol=1e-12)
+    np.testing.assert_allclose(est.means_, kw["means_init"], rtol=0)
+
+
+def test_sample_raises_sklearns_errors():
+    X = np.random.default_rng(0).normal(size=(50, 2))
+    for cls in (SkGaussianMixture, dem.GaussianMixture):
+        est = cls(2, random_state=0)
+        with pytest.raises(NotFittedError, match="This GaussianMixture instance is not fitted"):
+            est.sample(0)
+        est.fit(X)
+        with pytest.raises(ValueError, match="Invalid value for 'n_samples'"):
+            est.sample(0)
+
+
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
+def test_score_after_setting_an_invalid_covariance_type_raises_value_error(data, ct):
+    est = dem.GaussianMixture(2, covariance_type=ct, random_state=0).fit(data)
+    est.covariance_type = "bad"
+    with pytest.raises(ValueError, match="The 'covariance_type' parameter of GaussianMixture must be"):
+        est.score(data)
 
 
 # -- inference equals sklearn's for the same parameters -------------------

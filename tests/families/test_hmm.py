@@ -22,9 +22,10 @@ from dem.families.gaussian_hmm import GaussianHMMFamily as GaussianHMMModel
 from dem.families.gaussian_hmm import GaussianHMMParams
 from dem.families.gmm_hmm import GMMHMMFamily as GMMHMMModel
 from dem.families.gmm_hmm import GMMHMMParams
-from dem.families.hmm import unpack_symmetric
+from dem.families.hmm import Gaussians, unpack_symmetric
 
 hmmlearn_hmm = pytest.importorskip("hmmlearn.hmm")
+hmmlearn_stats = pytest.importorskip("hmmlearn.stats")
 logging.getLogger("hmmlearn").setLevel(logging.ERROR)
 
 COVARIANCE_TYPES = ("spherical", "diag", "full", "tied")
@@ -316,17 +317,43 @@ def test_nan_and_bad_lengths_are_one_clear_error():
 
 
 def test_a_collapsed_covariance_names_the_state():
+    # Not positive definite even with hmmlearn's 1e-7 on the diagonal: hmmlearn raises a ValueError too.
     p = _gaussian_params("full")
     covars = p.covars.copy()
-    covars[1] = np.zeros((D, D))
-    with pytest.raises(CollapsedComponentError, match="state 1's covariance is not positive definite"):
+    covars[1] = -np.eye(D)
+    with pytest.raises(ValueError, match="'covars' must be symmetric, positive-definite"):
+        hmmlearn_stats.log_multivariate_normal_density(np.zeros((2, D)), p.means, covars, "full")
+    with pytest.raises(CollapsedComponentError, match="state 1's covariance is not positive definite, even with 1e-07"):
         GaussianHMMModel(K, covariance_type="full").prepare(
             GaussianHMMParams(p.startprob, p.transmat, p.means, covars))
     g = _gmm_params("diag")
     bad = g.covars.copy()
-    bad[2, 1, 0] = 0.0
-    with pytest.raises(CollapsedComponentError, match="state 2, mixture component 1"):
+    bad[2, 1, 0] = np.nan
+    with pytest.raises(CollapsedComponentError, match="state 2, mixture component 1 has a NaN variance"):
         GMMHMMModel(K, n_mix=M).prepare(GMMHMMParams(g.startprob, g.transmat, g.weights, g.means, bad))
+
+
+@pytest.mark.parametrize("kind", ["full", "diag", "spherical"])
+def test_degenerate_covariances_give_hmmlearns_densities(kind):
+    """A singular full covariance is retried with 1e-7 on its diagonal, a zero or negative
+    variance is floored at the smallest positive float: hmmlearn's densities, not an error."""
+    rng = np.random.default_rng(4)
+    means = rng.normal(size=(K, D))
+    X = np.vstack([rng.normal(size=(20, D)), means])  # rows on the means too
+    if kind == "full":
+        covars = _covars(rng, "full", (K,))
+        covars[0] = np.diag([1.0, 0.0, 2.0])  # a constant feature
+        covars[2] = np.ones((D, D))  # rank one
+    elif kind == "diag":
+        covars = rng.uniform(0.5, 1.5, size=(K, D))
+        covars[0, 1], covars[2, 0] = 0.0, -0.3
+    else:
+        covars = np.array([1.0, 0.0, -2.0])
+    shift = X.mean(axis=0)
+    with np.errstate(over="ignore"):
+        expected = hmmlearn_stats.log_multivariate_normal_density(X, means, covars, kind)
+    ours = Gaussians.from_covariances(means, covars, kind, shift, ["a", "b", "c"]).log_density(X - shift)
+    np.testing.assert_allclose(ours, expected, rtol=1e-7, atol=1e-9)
 
 
 def test_transitions_m_step_equals_hmmlearn_with_priors_and_forbidden_transitions():

@@ -39,7 +39,8 @@ def test_sample_is_row_keyed_and_does_not_depend_on_the_partitioning(rng):
 
     def sample(cuts):
         bounds = [0, *cuts, 1000]
-        parts = [gmm_init._sample_partition(((5,), fraction, False), Partition(X[a:b], w[a:b], start=a))[0][0]
+        shared = ((5,), fraction, False, False)  # seeds, fraction, missing, k-means‖ race
+        parts = [gmm_init._sample_partition(shared, Partition(X[a:b], w[a:b], start=a))[0][0]
                  for a, b in zip(bounds, bounds[1:])]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -53,10 +54,10 @@ def test_sample_is_row_keyed_and_does_not_depend_on_the_partitioning(rng):
     # The same rows whatever the cuts; another seed draws other rows.
     for cuts in ([1], [333, 334], [100, 500, 999]):
         np.testing.assert_array_equal(sample(cuts)[0], Xs)
-    other = gmm_init._sample_partition(((6,), fraction, False), Partition(X, w))[0][0][0]
+    other = gmm_init._sample_partition(((6,), fraction, False, False), Partition(X, w))[0][0][0]
     assert not np.array_equal(other, Xs)
     # A fraction of 1 is the whole partition.
-    whole = gmm_init._sample_partition(((5,), 1.0, False), Partition(X))[0][0]
+    whole = gmm_init._sample_partition(((5,), 1.0, False, False), Partition(X))[0][0]
     np.testing.assert_array_equal(whole[0], X)
     assert whole[1] is None
 

@@ -61,13 +61,16 @@ class AnnealingRun(EMRun):
     @property
     def done(self) -> bool:
         last = self.stage == len(self.betas) - 1
-        return last and (self.monitor.converged or self.monitor.iterations - self.stage_start >= self.max_iter)
+        finished = self.monitor.converged or self.monitor.iterations - self.stage_start >= self.max_iter
+        return self.stopped or (last and finished)
 
     def next_evaluation(self) -> Evaluation:
         return Evaluation(self._family(), self.params)
 
     def receive(self, stats: Stats, seconds: float, n_rows: int, passes: float) -> None:
         self.step(self._family(), stats, seconds, n_rows, passes, stage=stage_label(self.beta))
+        if self.stopped:
+            return
         stage_over = self.monitor.converged or self.monitor.iterations - self.stage_start >= self.max_iter
         if stage_over and self.stage < len(self.betas) - 1:
             self.stage += 1

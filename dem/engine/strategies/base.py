@@ -24,7 +24,8 @@ import numpy as np
 
 from dem.engine.executor import Evaluation
 from dem.engine.monitor import Monitor
-from dem.families.base import Family, Stats
+from dem.errors import CollapsedComponentError
+from dem.families.base import Family, Note, Stats
 
 
 def params_arrays(params: Any, prefix: str) -> dict[str, np.ndarray]:
@@ -49,6 +50,9 @@ class MemberRun(abc.ABC):
     seed : the member's seed (for draws the strategy makes)
     n_passes : data passes this member has read, initialisation excluded
     lower_bound : the objective at the last iterate's E-step
+    stopped : the member stopped early: its M-step collapsed (a covariance
+        stopped being positive definite), so it keeps its last good
+        parameters and is neither converged nor iterated further
     """
 
     strategy: ClassVar[str] = ""
@@ -61,13 +65,14 @@ class MemberRun(abc.ABC):
         self.seed = int(seed)
         self.n_passes = 0.0
         self.lower_bound = monitor.start_objective
+        self.stopped = False
         self._resumed = False
 
     # -- the engine's interface ----------------------------------------------------
 
     @property
     def done(self) -> bool:
-        return self.monitor.converged or self.monitor.iterations >= self.max_iter
+        return self.stopped or self.monitor.converged or self.monitor.iterations >= self.max_iter
 
     @abc.abstractmethod
     def next_evaluation(self) -> Evaluation:
@@ -93,7 +98,29 @@ class MemberRun(abc.ABC):
         """The parameters the fit reports for this member."""
         return self.params
 
+    def stop(self) -> None:
+        """End this member where it is: its current parameters are its result, and it did not converge."""
+        self.stopped = True
+        self.monitor.converged = False
+
     # -- helpers for subclasses -----------------------------------------------------
+
+    def m_step_or_stop(self, family: Family, stats: Stats, notes: list[Note]) -> Any | None:
+        """``family.m_step(stats, self.params)``, or None after a collapse (a Note is added to ``notes``).
+
+        A collapsed M-step (a covariance that is no longer positive definite)
+        leaves no parameters to continue from: the caller records the step
+        and calls :meth:`stop`, so the member keeps its last good parameters,
+        whose objective the step measured, instead of failing the whole fit.
+        """
+        try:
+            return family.m_step(stats, self.params)
+        except CollapsedComponentError as exc:
+            detail = getattr(exc, "detail", None) or str(exc)
+            notes.append(Note("collapsed", getattr(exc, "component", None),
+                              f"{detail} in the M-step of iteration {self.monitor.iterations + 1}; "
+                              "this restart stopped with the parameters from before that M-step"))
+            return None
 
     def take_resumed(self) -> bool:
         """True once: for the first record after a resume."""
@@ -105,7 +132,7 @@ class MemberRun(abc.ABC):
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Everything needed to continue: JSON and float64 arrays."""
         js = {"strategy": self.strategy, "monitor": self.monitor.to_json(), "seed": self.seed,
-              "n_passes": self.n_passes,
+              "n_passes": self.n_passes, "stopped": self.stopped,
               "lower_bound": None if math.isinf(self.lower_bound) else self.lower_bound}
         extra_js, extra_arrays = self.extra_state()
         js.update(extra_js)
@@ -169,5 +196,7 @@ class Strategy(abc.ABC):
         run.lower_bound = -math.inf if lb is None else float(lb)
         run.restore_extra(js, arrays)
         run.retest(self.tol)
+        if js.get("stopped", False):
+            run.stop()
         run._resumed = True
         return run

@@ -4,7 +4,8 @@ Each step evaluates the E-step at the current parameters, records the
 objective there (scikit-learn's ``lower_bound_`` convention: the objective
 of the last E-step) and moves to the M-step's parameters. A family whose
 M-step only improves the objective (generalised EM, as a mixture of
-experts' gate) runs unchanged.
+experts' gate) runs unchanged. A member whose M-step collapses stops
+with the parameters the last E-step measured (:meth:`MemberRun.m_step_or_stop`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ class EMRun(MemberRun):
         """Record the objective of ``stats`` and take the M-step (``family`` may be tempered)."""
         objective = family.objective(stats, self.params)
         notes = family.notes(stats, self.params)
-        new = family.m_step(stats, self.params)
+        new = self.m_step_or_stop(family, stats, notes)
         self.n_passes += passes
         self.monitor.record(objective, seconds=seconds, n_rows=n_rows, n_passes=self.n_passes, notes=notes,
                             stage=stage, event="em", resumed=self.take_resumed())
         self.lower_bound = objective
-        self.params = new
+        if new is None:
+            self.stop()  # the objective just recorded is that of self.params: they are the result
+        else:
+            self.params = new
 
     def receive(self, stats: Stats, seconds: float, n_rows: int, passes: float) -> None:
         self.step(self.family, stats, seconds, n_rows, passes)
