@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from dem.engine.executor import Evaluation
+from dem.engine.executor import Evaluation, single_blas_thread
 from dem.engine.monitor import Monitor
 from dem.engine.strategies.base import MemberRun, Strategy
 from dem.errors import ConfigError
@@ -201,7 +201,9 @@ class OnlineRun(MemberRun):
         objective = self.family.objective(scaled, self.params)
         notes = self.family.notes(scaled, self.params)
         if self.t >= self.burn_in:
-            new = self.family.m_step(scaled, self.params)
+            # Thousands of tiny M-steps: multithreaded BLAS on K small matrices costs ~100x more.
+            with single_blas_thread():
+                new = self.family.m_step(scaled, self.params)
             self.running = self.family.rebase(running, self.params, new)
             self.params = new
             if self.average_start is not None and self.t >= self.average_start:
