@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import dask
 import numpy as np
 import psutil
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from dem.data.partitions import PartitionedData, read_partition
 from dem.data.record import Partition
@@ -48,6 +48,24 @@ class Evaluation:
     params: Any
     partitions: tuple[int, ...] | None = None
     sample_key: tuple[int, ...] | None = None
+
+
+_BLAS: ThreadpoolController | None = None
+
+
+def single_blas_thread() -> Any:
+    """A context in which BLAS runs on one thread.
+
+    threadpoolctl scans the loaded libraries once (about a millisecond);
+    limiting through the kept controller then costs microseconds, which
+    matters to strategies that take thousands of small steps.
+    """
+    global _BLAS
+    if _BLAS is None:
+        import scipy.linalg  # noqa: F401  (scipy ships its own BLAS: load it before the one scan)
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def _evaluate_partition(evaluations: tuple[Evaluation, ...], part: Partition) -> StatsTuple:
@@ -230,7 +248,7 @@ class Executor:
     def _compute(self, *objs: Any) -> tuple:
         if self.client is not None:
             return tuple(self.client.compute(list(objs), sync=True))
-        with threadpool_limits(limits=1, user_api="blas"):
+        with single_blas_thread():
             return dask.compute(*objs, scheduler="threads", num_workers=self._threads(), optimize_graph=False)
 
     def reduce(self, fn: BlockFunction, shared: Any, placement: Placement) -> Any:

@@ -30,6 +30,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 
 from dem.estimator import params as P
+from dem.estimator.incremental import IncrementalMixin
 from dem.errors import CollapsedComponentWarning, ConfigError, EmptyComponentWarning
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,7 +101,7 @@ def _identity_value(value: Any) -> Any:
     return digest(value)
 
 
-class EMEstimator(BaseEstimator):
+class EMEstimator(IncrementalMixin, BaseEstimator):
     """Base of every dem estimator: the shared parameters and the fit template."""
 
     #: The registry key (``model.kind`` in config.yaml, ``model_kind`` of saved models).
@@ -236,6 +237,9 @@ class EMEstimator(BaseEstimator):
         data = self._open_data(X, y=y, sample_weight=sample_weight, lengths=lengths, variable=variable,
                                partition_rows=saved_rows or self.partition_rows,
                                memory_per_thread=executor.memory_per_thread())
+        if (rows := self._online_partition_rows(data, saved_rows)) is not None:
+            data = self._open_data(X, y=y, sample_weight=sample_weight, lengths=lengths, variable=variable,
+                                   partition_rows=rows, memory_per_thread=executor.memory_per_thread())
         self._check_data(data)
         warm = self._warm_start_params()
         if warm is not None and self.checkpoint_dir is not None:

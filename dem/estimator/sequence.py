@@ -389,6 +389,13 @@ class HMMEstimator(EMEstimator):
         """
         return self._fit(X, lengths=lengths, callback=callback)
 
+    def partial_fit(self, X: Any, lengths: Any = None) -> "HMMEstimator":
+        """One online-EM step on a batch of whole sequences (the first call also initialises).
+
+        See :mod:`dem.estimator.incremental`; ``X`` and ``lengths`` are as in :meth:`fit`.
+        """
+        return self._partial_fit(X, lengths=lengths)
+
     def _run(self, X: Any, lengths: Any, block_fn: Any, extra: tuple) -> list:
         """Apply a block function to every partition; in memory, directly on the driver."""
         from dem.data.partitions import read_partition

@@ -16,7 +16,7 @@ from dem.errors import DataError
 from dem.estimator.base import ConfigKey, store_params
 from dem.estimator.params import Integral, Interval, Real
 from dem.estimator.sequence import HMMEstimator, check_distribution
-from dem.families.base import FlatParameters
+from dem.families.base import FlatParameters, Rebasing
 from dem.families.hmm import (
     HMMFamily, HMMStats, simplex_rows_from_vector, simplex_rows_to_vector, transitions_from_vector,
     transitions_to_vector,
@@ -65,7 +65,7 @@ def check_symbols(X: Any, n_symbols: int | None, row_offset: int = 0) -> np.ndar
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class CategoricalHMMFamily(HMMFamily, FlatParameters):
+class CategoricalHMMFamily(HMMFamily, FlatParameters, Rebasing):
     """HMM with categorical emissions (hmmlearn's ``CategoricalHMM``).
 
     ``emissionprob_prior`` is the Dirichlet prior of each state's emission row.
@@ -111,6 +111,11 @@ class CategoricalHMMFamily(HMMFamily, FlatParameters):
     def emit(self, params: CategoricalHMMParams, state: int, random_state: np.random.RandomState) -> Any:
         cdf = np.cumsum(params.emissionprob[state])
         return [(cdf > random_state.rand()).argmax()]
+
+    def rebase(self, stats: CategoricalHMMStats, old: CategoricalHMMParams, new: CategoricalHMMParams
+               ) -> CategoricalHMMStats:
+        """Counts have no reference point: they add whatever the parameters (online EM)."""
+        return stats
 
     def to_vector(self, params: CategoricalHMMParams) -> np.ndarray:
         """Log-ratio transitions and emission rows: only what ``params`` letters update."""

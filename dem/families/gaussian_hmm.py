@@ -17,12 +17,12 @@ from dem.errors import ConfigError, DataError
 from dem.estimator.base import ConfigKey, store_params
 from dem.estimator.params import Interval, Real, StrOptions
 from dem.estimator.sequence import HMMEstimator, kmeans_centres
-from dem.families.base import FlatParameters
+from dem.families.base import FlatParameters, Rebasing
 from dem.families.gaussian_params import covariance_from_vector, covariance_to_vector
 from dem.families.hmm import (
     COVARIANCE_TYPES, ROW_BLOCK, Gaussians, HMMFamily, HMMStats, _finite_block, _per_state, _ratio_or_previous,
-    check_covariances, full_covariances, packed_outer, transitions_from_vector, transitions_to_vector,
-    unpack_symmetric,
+    check_covariances, full_covariances, packed_outer, shift_moments, transitions_from_vector,
+    transitions_to_vector, unpack_symmetric,
 )
 
 
@@ -65,7 +65,7 @@ class _GaussianPrep:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class GaussianHMMFamily(HMMFamily, FlatParameters):
+class GaussianHMMFamily(HMMFamily, FlatParameters, Rebasing):
     """HMM with one Gaussian per state (hmmlearn's ``GaussianHMM``).
 
     Parameters (beyond :class:`~dem.families.hmm.HMMFamily`)
@@ -182,6 +182,13 @@ class GaussianHMMFamily(HMMFamily, FlatParameters):
         D = params.means.shape[1]
         cov = full_covariances(params.covars, self.covariance_type, self.n_components, D)[state]
         return random_state.multivariate_normal(params.means[state], cov)
+
+    def rebase(self, stats: GaussianHMMStats, old: GaussianHMMParams, new: GaussianHMMParams) -> GaussianHMMStats:
+        """Moments about the mean of ``old``'s state means moved to that of ``new``'s (online EM)."""
+        form = "packed" if self.covariance_type in ("full", "tied") else "diag"
+        delta = old.means.mean(axis=0) - new.means.mean(axis=0)
+        first, second = shift_moments(stats.first_moment, stats.second_moment, stats.post, delta, form)
+        return dataclasses.replace(stats, first_moment=first, second_moment=second)
 
     # -- SQUAREM's unconstrained coordinates ------------------------------------------
 

@@ -17,11 +17,12 @@ from dem.errors import ConfigError, DataError
 from dem.estimator.base import ConfigKey, store_params
 from dem.estimator.params import Integral, Interval, Real, StrOptions
 from dem.estimator.sequence import HMMEstimator, check_distribution, kmeans_centres
-from dem.families.base import FlatParameters
+from dem.families.base import FlatParameters, Rebasing
 from dem.families.gaussian_params import covariance_from_vector, covariance_to_vector
 from dem.families.hmm import (
     COVARIANCE_TYPES, ROW_BLOCK, Gaussians, HMMFamily, HMMStats, _finite_block, _ratio_or_previous,
-    check_covariances, packed_outer, simplex_rows_from_vector, simplex_rows_to_vector, transitions_from_vector,
+    check_covariances, packed_outer, shift_moments, simplex_rows_from_vector, simplex_rows_to_vector,
+    transitions_from_vector,
     transitions_to_vector, unpack_symmetric,
 )
 
@@ -69,7 +70,7 @@ class _GMMPrep:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class GMMHMMFamily(HMMFamily, FlatParameters):
+class GMMHMMFamily(HMMFamily, FlatParameters, Rebasing):
     """HMM with a mixture of ``n_mix`` Gaussians per state (hmmlearn's ``GMMHMM``).
 
     The priors are given at full shape, as hmmlearn's ``_fix_priors_shape``
@@ -245,6 +246,20 @@ class GMMHMMFamily(HMMFamily, FlatParameters):
         else:
             cov = np.eye(D) * params.covars[state, m]
         return random_state.multivariate_normal(params.means[state, m], cov)
+
+    def rebase(self, stats: GMMHMMStats, old: GMMHMMParams, new: GMMHMMParams) -> GMMHMMStats:
+        """Moments about the mean of ``old``'s component means moved to that of ``new``'s (online EM)."""
+        D = old.means.shape[2]
+        delta = old.means.reshape(-1, D).mean(axis=0) - new.means.reshape(-1, D).mean(axis=0)
+        F, S = np.asarray(stats.first_moment), np.asarray(stats.second_moment)
+        ct = self.covariance_type
+        if ct == "tied":  # one scatter per state, weighted by the state posteriors
+            _, second = shift_moments(F.sum(axis=1), S, stats.post, delta, "packed")
+            first = F + np.asarray(stats.post_mix)[..., None] * delta
+        else:
+            form = {"full": "packed", "diag": "diag", "spherical": "trace"}[ct]
+            first, second = shift_moments(F, S, stats.post_mix, delta, form)
+        return dataclasses.replace(stats, first_moment=first, second_moment=second)
 
     def _covariance_kind(self) -> tuple[str, tuple[int, ...]]:
         K, M = self.n_components, self.n_mix

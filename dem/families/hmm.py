@@ -202,6 +202,29 @@ def _cholesky_or_retry(cov: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def shift_moments(first: np.ndarray, second: np.ndarray, count: np.ndarray, delta: np.ndarray,
+                  form: str) -> tuple[np.ndarray, np.ndarray]:
+    """Moments about a centre ``c`` re-expressed about ``c − delta`` (exact algebra).
+
+    ``Σγ(x − c + δ) = F + n δ`` and ``Σγ(x − c + δ)(x − c + δ)ᵀ = S + F δᵀ + δ Fᵀ + n δ δᵀ``;
+    ``form`` is how ``second`` stores that matrix: ``"packed"`` (upper
+    triangles, ``np.triu_indices`` order), ``"diag"`` (its diagonal) or
+    ``"trace"``. ``first`` is (…, D), ``count`` (…) and ``second`` (…, P), (…, D) or (…).
+    """
+    F = np.asarray(first, dtype=np.float64)
+    n = np.asarray(count, dtype=np.float64)
+    d = np.asarray(delta, dtype=np.float64)
+    S = np.asarray(second, dtype=np.float64)
+    if form == "packed":
+        iu = np.triu_indices(d.shape[-1])
+        S = S + F[..., iu[0]] * d[iu[1]] + d[iu[0]] * F[..., iu[1]] + n[..., None] * (d[iu[0]] * d[iu[1]])
+    elif form == "diag":
+        S = S + 2.0 * F * d + n[..., None] * d * d
+    else:
+        S = S + 2.0 * (F @ d) + n * (d @ d)
+    return F + n[..., None] * d, S
+
+
 def full_covariances(covars: np.ndarray, covariance_type: str, n_components: int,
                      n_features: int) -> np.ndarray:
     """``(K, D, D)`` covariances from hmmlearn's stored shape (its ``covars_`` property).
