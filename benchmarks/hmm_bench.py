@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from dem.data.sequences import generate_sequences, true_hmm_parameters
-from dem.hmm import GaussianHMM
+from dem import GaussianHMM
 
 
 def make_data(n_sequences: int, length: int, k: int, d: int, ragged: bool, seed: int = 0):

@@ -213,7 +213,8 @@ class Executor:
             token = uuid.uuid4().hex
             keys = [(f"dem-cache-{token}", g) for g in range(len(groups))]
             leaves = {k: Task(k, tasks.read_group, *[entries[i] for i in r]) for k, r in zip(keys, groups)}
-            futures = self.client.get(_annotated(leaves, dict(zip(keys, where)), graph), keys, sync=False)
+            placed = {k: w for k, w in zip(keys, where) if w is not None}
+            futures = self.client.get(_annotated(leaves, placed, graph), keys, sync=False)
         else:
             return Placement(entries, data, depth, graph, streaming=not remote or bool(graph))
         group_entries = [parse_input(("group", TaskRef(f.key), i - r.start)) for f, r in zip(futures, groups) for i in r]
