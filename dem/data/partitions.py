@@ -154,11 +154,15 @@ class DaskRows:
         last = max(first + 1, int(np.searchsorted(self.offsets, stop, side="left")))
         return int(self.offsets[first]), self.keys[first:last]
 
+    @functools.cached_property
+    def client(self) -> Any:
+        """The ``distributed`` client holding the blocks of a persisted array (None otherwise)."""
+        return _remote_client(self.array)
+
     def read(self, start: int, stop: int) -> np.ndarray:
         rows = self.array[start:stop]
-        client = _remote_client(rows)
-        if client is not None:
-            return np.asarray(client.compute(rows, sync=True))
+        if self.client is not None:
+            return np.asarray(self.client.compute(rows, sync=True))
         return np.asarray(rows.compute(scheduler="sync"))
 
 

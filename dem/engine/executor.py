@@ -188,7 +188,8 @@ class Executor:
         depth = self._depth(data.n_partitions, len(slots) or self._threads(), data)
         groups = subtrees(data.n_partitions, self.fan_in, depth)
         entries, graph, remote = _task_entries(sources)
-        in_memory = all(isinstance(s[0], np.ndarray) for s in sources)
+        in_memory = all(isinstance(s[0], np.ndarray) and all(r is None or isinstance(r, np.ndarray) for r in s[1:3])
+                        for s in sources)
         if self.client is None:
             if remote:
                 raise DataError("X is persisted on a distributed cluster: pass that cluster's client "

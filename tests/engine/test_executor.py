@@ -239,3 +239,13 @@ def test_consecutive_zarr_partitions_are_read_in_slabs(tmp_path, monkeypatch, re
         assert part.start == a and np.array_equal(part.X, X[a:b]) and np.array_equal(part.weights, w[a:b])
         seen += 1
     assert seen == data.n_partitions == 16
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_numpy_rows_with_dask_targets_reach_the_tasks(blobs, cache):
+    X = blobs[0]
+    data = as_partitioned(X, partition_rows=100, y=da.from_array(np.arange(len(X)) * 2, chunks=(250,)))
+    ex = Executor(n_threads=2)
+    got = ex.map(lambda shared, part: (part.start, part.y.copy()), None, ex.place(data, cache=cache))
+    for (a, b), (start, y) in zip(data.bounds, got):
+        assert start == a and np.array_equal(y, np.arange(a, b) * 2)
