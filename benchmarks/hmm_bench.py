@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 
+from dem import GaussianHMM
 from dem.data.generate_sequences import generate_sequences, true_hmm_parameters
-from dem.hmm import GaussianHMM
 
 
 def make_data(n_sequences: int, length: int, k: int, d: int, ragged: bool, seed: int = 0):

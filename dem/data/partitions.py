@@ -6,7 +6,10 @@ ranges. Each range has a *block reference* the engine can hand to a task:
 * for Zarr, a small :class:`ZarrRows` spec; the task opens the array on the
   worker and reads only its rows, so data never passes through the scheduler
   or the driver;
-* for dask arrays, the dask block (a ``Delayed``);
+* for dask arrays, a :class:`DaskRows` naming the array's blocks: a task
+  receives the blocks themselves (:class:`RowBlocks`), so a graph built from
+  a persisted array carries its blocks as dependencies, and row chunks of any
+  sizes are read without rechunking;
 * for numpy arrays, a view of the rows.
 
 The partitioning depends only on the data (its size and Zarr chunking) and the
@@ -22,9 +25,9 @@ import hashlib
 import json
 import math
 import os
-from typing import Any
+import threading
+from typing import Any, Iterator, NamedTuple, Sequence
 
-from dask.delayed import Delayed
 import dask.array as da
 import numpy as np
 
@@ -100,6 +103,11 @@ def normalise_location(url: str | os.PathLike) -> str:
     return f"{scheme.lower()}://{host}" + "".join(f"/{p}" for p in segments)
 
 
+#: Most bytes one read of consecutive Zarr partitions fetches in a single call
+#: (a fused task reads its rows slab by slab; zarr fetches a slab's chunks concurrently).
+SLAB_BYTES = 32 * 2**20
+
+
 @dataclasses.dataclass(frozen=True)
 class ZarrRows:
     """Where a task finds its rows: a Zarr array at ``url``/``path``."""
@@ -108,17 +116,31 @@ class ZarrRows:
     path: str
     storage_options: tuple[tuple[str, Any], ...] = ()
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop``; a chunk that cannot be decoded is a :class:`DataError` naming it."""
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``start:stop``, into ``out`` (C-contiguous, the rows' shape and dtype) if given.
+
+        A chunk that cannot be decoded is a :class:`DataError` naming it.
+        """
         arr = _open_zarr_array(self.url, self.path, self.storage_options)
         try:
-            return arr[start:stop]
+            if out is None:
+                return arr[start:stop]
+            from zarr.core.buffer import default_buffer_prototype
+
+            arr.get_basic_selection(slice(start, stop),
+                                    out=default_buffer_prototype().nd_buffer.from_numpy_array(out))
+            return out
         except MemoryError:
             raise
         except Exception as exc:
             # The codec's own error ("Zstd decompression error") names no file
             # and no rows, and arrives on the driver through a task traceback.
             raise self._unreadable(arr, start, stop, exc) from None
+
+    def row_shape(self) -> tuple[tuple[int, ...], np.dtype]:
+        """The shape of one row and the dtype."""
+        arr = _open_zarr_array(self.url, self.path, self.storage_options)
+        return tuple(arr.shape[1:]), np.dtype(arr.dtype)
 
     def _unreadable(self, arr: Any, start: int, stop: int, exc: Exception) -> DataError:
         """The first chunk of rows ``start:stop`` that fails on its own, as one line."""
@@ -158,22 +180,148 @@ def _open_zarr_array(url: str, path: str, storage_options: tuple) -> Any:
     return group_or_array[path] if path else group_or_array
 
 
+def _remote_client(array: Any) -> Any:
+    """The ``distributed`` client holding some of ``array``'s blocks (a persisted array), if any."""
+    for value in dict(array.__dask_graph__()).values():
+        if getattr(type(value), "__name__", "") == "Future" and hasattr(value, "client"):
+            return value.client
+    return None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DaskRows:
+    """The rows of a dask array, block by block: row chunks of any sizes, one chunk across columns.
+
+    On the driver, :meth:`read` computes rows (on the cluster holding a
+    persisted array's blocks). A task instead receives the blocks that hold its
+    rows as a :class:`RowBlocks`, built by the engine from :meth:`blocks`.
+    """
+
+    array: Any
+
+    @functools.cached_property
+    def offsets(self) -> np.ndarray:
+        """First row of every block, and the row count at the end."""
+        return np.concatenate([[0], np.cumsum(self.array.chunks[0])]).astype(np.int64)
+
+    @functools.cached_property
+    def keys(self) -> list:
+        keys = self.array.__dask_keys__()
+        return [k[0] for k in keys] if self.array.ndim == 2 else list(keys)
+
+    def blocks(self, start: int, stop: int) -> tuple[int, list]:
+        """The first row of the blocks holding rows ``start:stop``, and their keys in order."""
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        last = max(first + 1, int(np.searchsorted(self.offsets, stop, side="left")))
+        return int(self.offsets[first]), self.keys[first:last]
+
+    @functools.cached_property
+    def client(self) -> Any:
+        """The ``distributed`` client holding the blocks of a persisted array (None otherwise)."""
+        return _remote_client(self.array)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        rows = self.array[start:stop]
+        if self.client is not None:
+            return np.asarray(self.client.compute(rows, sync=True))
+        return np.asarray(rows.compute(scheduler="sync"))
+
+
+class RowBlocks(NamedTuple):
+    """Consecutive blocks of rows as a task receives them; ``first_row`` is the first block's first row."""
+
+    first_row: int
+    blocks: tuple
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        out, row = [], self.first_row
+        for block in self.blocks:
+            block = np.asarray(block)
+            lo, hi = max(start, row), min(stop, row + len(block))
+            if lo < hi:
+                out.append(block[lo - row : hi - row])
+            row += len(block)
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+
 def read_block(ref: Any, start: int, stop: int) -> np.ndarray:
     """Materialise one block reference as a numpy array (runs in the task)."""
-    if isinstance(ref, ZarrRows):
+    if isinstance(ref, (ZarrRows, DaskRows, RowBlocks)):
         return ref.read(start, stop)
     return np.asarray(ref)
 
 
 def read_partition(x_ref: Any, w_ref: Any, y_ref: Any, lengths: Any, start: int, stop: int) -> Partition:
     """One partition's rows and side data as a :class:`Partition` (runs in the task)."""
-    return Partition(
-        read_block(x_ref, start, stop),
-        None if w_ref is None else np.asarray(read_block(w_ref, start, stop), dtype=np.float64),
-        None if lengths is None else np.asarray(lengths),
-        None if y_ref is None else read_block(y_ref, start, stop),
-        int(start),
-    )
+    return _partition(read_block(x_ref, start, stop), read_block(w_ref, start, stop) if w_ref is not None else None,
+                      None if y_ref is None else read_block(y_ref, start, stop), lengths, start)
+
+
+def _partition(X: Any, w: Any, y: Any, lengths: Any, start: int) -> Partition:
+    return Partition(X, None if w is None else np.asarray(w, dtype=np.float64),
+                     None if lengths is None else np.asarray(lengths), y, int(start))
+
+
+_buffers = threading.local()
+
+
+def _reused(nbytes: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    # One growing buffer per thread: streaming passes then fault in no fresh pages per slab.
+    buf = getattr(_buffers, "x", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _buffers.x = np.empty(nbytes, dtype=np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def _same(p: Any, q: Any) -> bool:
+    return p is q or (isinstance(p, ZarrRows) and p == q)
+
+
+def _slab_end(sources: Sequence[tuple], i: int) -> int:
+    """End of the run of sources from ``i`` that one Zarr read per field can serve."""
+    x, w, y = sources[i][:3]
+    if not isinstance(x, ZarrRows) or not all(r is None or isinstance(r, ZarrRows) for r in (w, y)):
+        return i + 1
+    row_bytes = max(1, math.prod(x.row_shape()[0]) * x.row_shape()[1].itemsize)
+    j, stop = i + 1, sources[i][5]
+    while (j < len(sources) and all(_same(p, q) for p, q in zip(sources[j][:3], (x, w, y)))
+           and sources[j][4] == stop
+           and (sources[j][5] - sources[i][4]) * row_bytes <= SLAB_BYTES):
+        stop = sources[j][5]
+        j += 1
+    return j
+
+
+def read_partitions(sources: Sequence[tuple], reuse: bool = False) -> Iterator[Partition]:
+    """The partitions of ``sources`` (:meth:`PartitionedData.sources` entries), in order.
+
+    Consecutive partitions of one Zarr array are read a slab at a time, one
+    call per slab (zarr then fetches and decompresses its chunks together).
+    With ``reuse`` a slab's rows land in a buffer this thread reuses, so each
+    partition is valid only until the next one is yielded: for passes whose
+    results keep no reference to the rows (E-steps).
+    """
+    i = 0
+    while i < len(sources):
+        j = _slab_end(sources, i)
+        if j == i + 1 and not reuse:
+            yield read_partition(*sources[i])
+            i = j
+            continue
+        x, w, y = sources[i][:3]
+        a, b = sources[i][4], sources[j - 1][5]
+        if isinstance(x, ZarrRows) and reuse:
+            shape, dtype = x.row_shape()
+            X = x.read(a, b, out=_reused((b - a) * math.prod(shape) * dtype.itemsize, (b - a, *shape), dtype))
+        else:
+            X = read_block(x, a, b)
+        W = None if w is None else read_block(w, a, b)
+        Y = None if y is None else read_block(y, a, b)
+        for src in sources[i:j]:
+            lo, hi = src[4] - a, src[5] - a
+            yield _partition(X[lo:hi], None if W is None else W[lo:hi], None if Y is None else Y[lo:hi],
+                             src[3], src[4])
+        i = j
 
 
 @dataclasses.dataclass
@@ -262,10 +410,8 @@ class PartitionedData:
             lo, hi = max(a, start), min(b, stop)
             if lo >= hi:
                 continue
-            if isinstance(ref, ZarrRows):
+            if isinstance(ref, (ZarrRows, DaskRows)):
                 out.append(ref.read(lo, hi))
-            elif isinstance(ref, Delayed):
-                out.append(np.asarray(ref.compute(scheduler="sync"))[lo - a : hi - a])
             else:
                 out.append(np.asarray(ref)[lo - a : hi - a])
         return np.concatenate(out) if out else None
@@ -361,23 +507,36 @@ def _validated_weights(w: np.ndarray, n: int, where: str) -> np.ndarray:
 
 def from_dask(X: da.Array, sample_weight: Any = None, partition_rows: int | None = None,
               description: str | None = None, memory_per_thread: int | None = None) -> PartitionedData:
-    """Partition a dask array along rows (rechunking so each partition is one block)."""
+    """Partition a dask array along rows, reading its blocks as they are.
+
+    Row chunks of any sizes are kept (a partition reads the slices of the
+    blocks it spans), so a persisted array is used where it lies; only
+    several chunks across columns are merged into one.
+    """
     _check_matrix(X.shape, X.dtype, "X")
     if any(math.isnan(c) for c in X.shape):
         raise DataError("X has unknown row count (NaN chunks); call X.compute_chunk_sizes() first")
     n, d = X.shape
-    first_chunk = X.chunks[0][0]
-    rows = partition_rows_for(n, d, X.dtype.itemsize, first_chunk if partition_rows is None else 1,
+    row_chunks = X.chunks[0]
+    regular = all(c == row_chunks[0] for c in row_chunks[:-1]) and row_chunks[-1] <= row_chunks[0]
+    rows = partition_rows_for(n, d, X.dtype.itemsize,
+                              row_chunks[0] if partition_rows is None and regular else 1,
                               partition_rows, memory_per_thread)
-    X = X.rechunk({0: rows, 1: -1})
+    if X.numblocks[1] > 1:
+        X = X.rechunk({1: -1})
     bounds = _bounds(n, rows)
-    x_refs = list(X.to_delayed(optimize_graph=False).ravel())
-    w_refs = None
+    x_refs: list[Any] = [DaskRows(X)] * len(bounds)
+    w_refs: list[Any] | None = None
     if sample_weight is not None:
-        w = sample_weight if isinstance(sample_weight, da.Array) else da.from_array(np.asarray(sample_weight, dtype=np.float64))
-        _check_weights(w.shape, n, "sample_weight")
-        w = w.astype(np.float64).rechunk({0: rows})
-        w_refs = list(w.to_delayed(optimize_graph=False).ravel())
+        if hasattr(sample_weight, "dims") and hasattr(sample_weight, "coords"):
+            sample_weight = sample_weight.data
+        if isinstance(sample_weight, da.Array):
+            _check_weights(sample_weight.shape, n, "sample_weight")
+            w_refs = [DaskRows(sample_weight.astype(np.float64))] * len(bounds)
+        else:
+            w = np.asarray(sample_weight, dtype=np.float64)
+            _check_weights(w.shape, n, "sample_weight")
+            w_refs = [w[a:b] for a, b in bounds]
     return PartitionedData(
         n, d, X.dtype, bounds, x_refs, w_refs,
         description or f"dask array {X.shape} {X.dtype}", rows,
@@ -502,9 +661,9 @@ def attach_targets(data: PartitionedData, y: Any) -> PartitionedData:
     if isinstance(y, da.Array):
         if y.ndim not in (1, 2) or y.shape[0] != n:
             raise DataError(f"y must have {n} rows to match X; got shape {tuple(y.shape)}")
-        rows = tuple(b - a for a, b in data.bounds)
-        y = y.rechunk({0: rows} if y.ndim == 1 else {0: rows, 1: -1})
-        data.y_refs = list(y.to_delayed(optimize_graph=False).ravel())
+        if y.ndim == 2 and y.numblocks[1] > 1:
+            y = y.rechunk({1: -1})
+        data.y_refs = [DaskRows(y)] * data.n_partitions
         return data
     try:
         arr = np.asarray(y)

@@ -10,28 +10,34 @@ Dask. The executor runs three kinds of pass over the partitions of a
 * :meth:`Executor.reduce` — ``Σ fn(shared, part)`` through the fixed tree;
 * :meth:`Executor.map` — ``[fn(shared, part)]`` in partition order.
 
-Each group of ``fan_in`` consecutive leaves of the tree is one task (it reads
-its partitions one after the other and adds their results left to right,
-exactly the first level of the tree), so the bits do not change while the
-number of tasks falls by the fan-in.
+Each pass is one low-level graph of task specs built directly: the shared
+value (parameters) is one node every task depends on; each task runs a
+whole subtree of the fixed reduction tree (:mod:`dem.engine.fusion`), so the
+bits do not change while the number of tasks falls by ``fan_in ** depth``.
+Cached partitions are grouped by those subtrees on the worker that will run
+them; streaming tasks are marked as data producers, so the scheduler spreads
+them over workers as threads free up instead of stacking them on the worker
+that holds the parameters.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 from typing import Any, Callable, Sequence
 
-import dask
 import numpy as np
 import psutil
+from dask._task_spec import DataNode, Task, TaskRef, convert_legacy_graph, parse_input
 from threadpoolctl import ThreadpoolController
 
-from dem.data.partitions import PartitionedData, read_partition
+from dem.data.partitions import DaskRows, PartitionedData, RowBlocks
 from dem.data.record import Partition
-from dem.engine.faults import maybe_crash
-from dem.engine.reduction import DEFAULT_FAN_IN, add_in_order, tree_levels, tree_reduce
-from dem.families.base import StatsTuple
+from dem.engine import tasks
+from dem.engine.fusion import fused_depth, subtrees
+from dem.engine.reduction import DEFAULT_FAN_IN, add_in_order, tree_levels
+from dem.errors import DataError
 
 BlockFunction = Callable[[Any, Partition], Any]
 
@@ -68,51 +74,6 @@ def single_blas_thread() -> Any:
     return _BLAS.limit(limits=1, user_api="blas")
 
 
-def _evaluate_partition(evaluations: tuple[Evaluation, ...], part: Partition) -> StatsTuple:
-    """Every evaluation's statistics of one partition (one read serves them all)."""
-    out: list[Any] = [None] * len(evaluations)
-    plain: dict[int, list[int]] = {}
-    for i, ev in enumerate(evaluations):
-        if ev.sample_key is not None:
-            out[i] = ev.family.e_step_sampled(ev.params, part, ev.sample_key)
-        else:
-            plain.setdefault(id(ev.family), []).append(i)
-    # Members of one family go together, so a kernel that stacks members can.
-    for idx in plain.values():
-        family = evaluations[idx[0]].family
-        if len(idx) == 1:
-            out[idx[0]] = family.e_step(evaluations[idx[0]].params, part)
-            continue
-        for i, stats in zip(idx, family.e_step_members([evaluations[i].params for i in idx], part)):
-            out[i] = stats
-    return StatsTuple(tuple(out))
-
-
-def _load(entry: tuple) -> Partition:
-    if entry[0] == "cached":
-        return entry[1]
-    return read_partition(*entry[1:])
-
-
-def _reduce_group(fn: BlockFunction, shared: Any, *entries: tuple) -> Any:
-    # One task for consecutive leaves: read, apply, add left to right (the tree's first level).
-    results = []
-    for entry in entries:
-        part = _load(entry)
-        maybe_crash("e-step")
-        results.append(fn(shared, part))
-    return add_in_order(*results) if len(results) > 1 else results[0]
-
-
-def _map_group(fn: BlockFunction, shared: Any, *entries: tuple) -> list:
-    out = []
-    for entry in entries:
-        part = _load(entry)
-        maybe_crash("e-step")
-        out.append(fn(shared, part))
-    return out
-
-
 def active_client() -> Any | None:
     """The current ``distributed`` client, if one is active in this process."""
     try:
@@ -137,10 +98,26 @@ def active_client() -> Any | None:
 
 @dataclasses.dataclass
 class Placement:
-    """Where each partition's data is: entries ``("read", *sources)`` or ``("cached", partition)``."""
+    """Where each partition's data is, and how passes over it are cut into tasks.
+
+    Attributes
+    ----------
+    entries : per partition, what a task receives (see :mod:`dem.engine.tasks`)
+    data : the partitioned data
+    depth : depth of the fused subtrees of a pass over every partition
+    graph : tasks the entries depend on (a streamed dask array's own graph)
+    workers : per subtree, the worker holding its cached partitions (None: anywhere)
+    streaming : whether tasks read their partitions from storage
+    keep : futures of the cached groups (held so the cluster keeps them)
+    """
 
     entries: list[tuple]
     data: PartitionedData
+    depth: int = 0
+    graph: dict = dataclasses.field(default_factory=dict)
+    workers: list[str | None] | None = None
+    streaming: bool = False
+    keep: list = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def n_partitions(self) -> int:
@@ -161,7 +138,8 @@ class Executor:
     fan_in : int
         Children per node of the reduction tree.
     fuse : bool
-        One task per group of ``fan_in`` leaves (the default), or one per leaf.
+        Whole subtrees of the tree per task (the default), or one task per
+        partition; the result is bitwise the same.
     """
 
     client: Any = None
@@ -181,7 +159,7 @@ class Executor:
     def _workers(self) -> list[dict]:
         info = self.client.scheduler_info(n_workers=-1) if _accepts_n_workers(self.client) \
             else self.client.scheduler_info()
-        return list(info["workers"].values())
+        return [{"address": address, **w} for address, w in info["workers"].items()]
 
     def memory_per_thread(self) -> int:
         """Smallest worker memory limit divided by its threads (local: RAM / CPUs)."""
@@ -202,67 +180,134 @@ class Executor:
 
     # -- data placement ----------------------------------------------------
 
-    def place(self, data: PartitionedData, cache: bool) -> Placement:
-        """Where tasks find each partition, caching them in (worker) memory if asked."""
-        sources = data.sources()
-        in_memory = all(isinstance(s[0], np.ndarray) for s in sources)
-        if in_memory:
-            parts = [read_partition(*s) for s in sources]
-            if self.client is None:
-                return Placement([("cached", p) for p in parts], data)
-            # Data already in the driver's memory goes to the workers once.
-            futures = self.client.scatter(parts, hash=False)
-            return Placement([("cached", f) for f in futures], data)
-        if not cache:
-            return Placement([("read", *s) for s in sources], data)
-        if self.client is None:
-            reads = [dask.delayed(read_partition)(*s) for s in sources]
-            parts = dask.compute(*reads, scheduler="threads", num_workers=self._threads())
-            return Placement([("cached", p) for p in parts], data)
-        token = _token(data)
-        reads = [dask.delayed(read_partition, pure=True)(*s, dask_key_name=f"dem-read-{token}-{i}")
-                 for i, s in enumerate(sources)]
-        futures = self.client.compute(reads)
-        return Placement([("cached", f) for f in futures], data)
-
-    # -- passes ------------------------------------------------------------
-
     def _threads(self) -> int:
         return self.n_threads or os.cpu_count() or 1
 
-    def _groups(self, n: int) -> list[range]:
+    def _thread_slots(self) -> list[str]:
+        """Worker addresses, each once per thread, in a fixed order."""
+        workers = sorted(self._workers(), key=lambda w: str(w.get("id") or w.get("address", "")))
+        return [w["address"] for w in workers for _ in range(max(1, w.get("nthreads") or 1))]
+
+    def _depth(self, n: int, threads: int, data: PartitionedData) -> int:
         if not self.fuse or n <= 1:
-            return [range(i, i + 1) for i in range(n)]
-        return tree_levels(n, self.fan_in)[0]
+            return 0
+        return fused_depth(n, self.fan_in, threads, data.nbytes // max(1, data.n_partitions))
 
-    def _tree(self, fn: BlockFunction, shared_d: Any, entries: Sequence[tuple]) -> Any:
-        """A lazy fixed-shape sum of ``fn`` over ``entries`` (in order)."""
-        leaves = [dask.delayed(_reduce_group, pure=False)(fn, shared_d, *[entries[i] for i in g])
-                  for g in self._groups(len(entries))]
-        if self.fuse and len(entries) > 1:
-            # The fused leaves are the tree's first level; the rest of the tree is unchanged.
-            combine = dask.delayed(add_in_order, pure=False)
-            return tree_reduce(leaves, combine, self.fan_in)
-        return tree_reduce(leaves, dask.delayed(add_in_order, pure=False), self.fan_in)
+    def place(self, data: PartitionedData, cache: bool) -> Placement:
+        """Where tasks find each partition, caching them in (worker) memory if asked.
 
-    def _compute(self, *objs: Any) -> tuple:
+        Cached partitions are grouped by the fused subtrees of a full pass,
+        each group one value on one worker (groups dealt over the workers'
+        threads in turn), so a task finds all its partitions where it runs.
+        A persisted dask array stays where it is, never copied.
+        """
+        sources = data.sources()
+        slots = self._thread_slots() if self.client is not None else []
+        depth = self._depth(data.n_partitions, len(slots) or self._threads(), data)
+        groups = subtrees(data.n_partitions, self.fan_in, depth)
+        entries, graph, remote = _task_entries(sources)
+        in_memory = all(isinstance(s[0], np.ndarray) and all(r is None or isinstance(r, np.ndarray) for r in s[1:3])
+                        for s in sources)
+        if self.client is None:
+            if remote:
+                raise DataError("X is persisted on a distributed cluster: pass that cluster's client "
+                                "(client=...) or compute it first")
+            if not (cache or in_memory):
+                return Placement(entries, data, depth, graph, streaming=True)
+            keys = [("dem-cache-" + uuid.uuid4().hex, g) for g in range(len(groups))]
+            dsk = {**graph, **{k: Task(k, tasks.read_group, *[entries[i] for i in r]) for k, r in zip(keys, groups)}}
+            with single_blas_thread():
+                values = _local_get(dsk, keys, self._threads())
+            return Placement([("part", v[i - r.start]) for v, r in zip(values, groups) for i in r], data, depth)
+        where = [slots[g % len(slots)] for g in range(len(groups))] if slots else [None] * len(groups)
+        if in_memory:
+            # Data already in the driver's memory goes to the workers once, a group to a worker.
+            futures: list[Any] = [None] * len(groups)
+            for address in set(where):
+                mine = [g for g in range(len(groups)) if where[g] == address]
+                parts = [tuple(tasks.read_group(*[entries[i] for i in groups[g]])) for g in mine]
+                for g, f in zip(mine, self.client.scatter(parts, workers=address and [address], hash=False)):
+                    futures[g] = f
+        elif cache and not _persisted(remote, graph):
+            token = uuid.uuid4().hex
+            keys = [(f"dem-cache-{token}", g) for g in range(len(groups))]
+            leaves = {k: Task(k, tasks.read_group, *[entries[i] for i in r]) for k, r in zip(keys, groups)}
+            placed = {k: w for k, w in zip(keys, where) if w is not None}
+            futures = self.client.get(_annotated(leaves, placed, graph), keys, sync=False)
+        else:
+            return Placement(entries, data, depth, graph, streaming=not remote or bool(graph))
+        group_entries = [parse_input(("group", TaskRef(f.key), i - r.start)) for f, r in zip(futures, groups) for i in r]
+        return Placement(group_entries, data, depth, workers=where, keep=list(futures))
+
+    # -- passes ------------------------------------------------------------
+
+    def _pass_shape(self, placement: Placement, parts: Sequence[int]) -> tuple[list[range], list[str | None]]:
+        """Fused leaf ranges (over ``parts``' positions) of one pass, and where each should run."""
+        if len(parts) == placement.n_partitions:
+            leaves = subtrees(len(parts), self.fan_in, placement.depth)
+            where = placement.workers or [None] * len(leaves)
+            return leaves, list(where)
+        threads = len(self._thread_slots()) if self.client is not None else self._threads()
+        leaves = subtrees(len(parts), self.fan_in, self._depth(len(parts), threads, placement.data))
+        return leaves, [None] * len(leaves)
+
+    def _tree(self, dsk: dict, token: str, fn: BlockFunction, shared: TaskRef, placement: Placement,
+              parts: Sequence[int], reuse: bool, where_of: dict) -> Any:
+        """Adds a fixed-shape sum of ``fn`` over ``parts`` (in order) to ``dsk``; returns its root key."""
+        leaves, where = self._pass_shape(placement, parts)
+        level = []
+        for j, (r, w) in enumerate(zip(leaves, where)):
+            key = (f"dem-leaf-{token}", j)
+            entries = [placement.entries[parts[i]] for i in r]
+            dsk[key] = Task(key, tasks.run_subtree, fn, shared, self.fan_in, reuse, *entries,
+                            _data_producer=placement.streaming and not placement.graph)
+            if w is not None:
+                where_of[key] = w
+            level.append(key)
+        # The levels above the fused subtrees, exactly as tree_levels cuts them.
+        for depth, groups in enumerate(tree_levels(len(level), self.fan_in)):
+            nxt = []
+            for j, g in enumerate(groups):
+                if len(g) == 1:
+                    nxt.append(level[g[0]])
+                    continue
+                key = (f"dem-sum-{token}", depth, j)
+                dsk[key] = Task(key, add_in_order, *[TaskRef(level[i]) for i in g])
+                nxt.append(key)
+            level = nxt
+        return level[0]
+
+    def _run(self, build: Callable[[dict, str, TaskRef, dict], list], shared: Any, placement: Placement) -> list:
+        token = uuid.uuid4().hex
+        shared_key = f"dem-shared-{token}"
+        dsk: dict = {shared_key: DataNode(shared_key, shared)}
+        where_of: dict = {}
+        keys = build(dsk, token, TaskRef(shared_key), where_of)
         if self.client is not None:
-            return tuple(self.client.compute(list(objs), sync=True))
+            return list(self.client.get(_annotated(dsk, where_of, placement.graph), keys, sync=True))
         with single_blas_thread():
-            return dask.compute(*objs, scheduler="threads", num_workers=self._threads(), optimize_graph=False)
+            return _local_get({**placement.graph, **dsk}, keys, self._threads())
 
     def reduce(self, fn: BlockFunction, shared: Any, placement: Placement) -> Any:
         """``Σ_i fn(shared, part_i)`` over all partitions, in the fixed tree order."""
-        shared_d = dask.delayed(shared, traverse=False)
-        return self._compute(self._tree(fn, shared_d, placement.entries))[0]
+        every = range(placement.n_partitions)
+        return self._run(lambda dsk, tok, sh, wh: [self._tree(dsk, tok, fn, sh, placement, every, False, wh)],
+                         shared, placement)[0]
 
     def map(self, fn: BlockFunction, shared: Any, placement: Placement) -> list[Any]:
         """``[fn(shared, part_i) for each partition]``, in partition order."""
-        shared_d = dask.delayed(shared, traverse=False)
-        groups = self._groups(placement.n_partitions)
-        tasks = [dask.delayed(_map_group, pure=False)(fn, shared_d, *[placement.entries[i] for i in g])
-                 for g in groups]
-        return [r for chunk in self._compute(*tasks) for r in chunk]
+        def build(dsk: dict, token: str, sh: TaskRef, where_of: dict) -> list:
+            leaves, where = self._pass_shape(placement, range(placement.n_partitions))
+            keys = []
+            for j, (r, w) in enumerate(zip(leaves, where)):
+                key = (f"dem-map-{token}", j)
+                dsk[key] = Task(key, tasks.map_subtree, fn, sh, *[placement.entries[i] for i in r],
+                                _data_producer=placement.streaming and not placement.graph)
+                if w is not None:
+                    where_of[key] = w
+                keys.append(key)
+            return keys
+        return [r for chunk in self._run(build, shared, placement) for r in chunk]
 
     def evaluate(self, evaluations: Sequence[Evaluation], placement: Placement) -> list[Any]:
         """Every evaluation's summed statistics, reading each partition once per pass.
@@ -275,16 +320,72 @@ class Executor:
         everything = tuple(range(placement.n_partitions))
         for i, ev in enumerate(evaluations):
             by_parts.setdefault(everything if ev.partitions is None else tuple(ev.partitions), []).append(i)
-        roots = []
-        for parts, idx in by_parts.items():
-            shared_d = dask.delayed(tuple(evaluations[i] for i in idx), traverse=False)
-            roots.append(self._tree(_evaluate_partition, shared_d, [placement.entries[p] for p in parts]))
-        results = self._compute(*roots)
+
+        def build(dsk: dict, token: str, sh: TaskRef, where_of: dict) -> list:
+            roots = []
+            for n, (parts, idx) in enumerate(by_parts.items()):
+                key = f"dem-evaluations-{token}-{n}"
+                dsk[key] = DataNode(key, tuple(evaluations[i] for i in idx))
+                roots.append(self._tree(dsk, f"{token}-{n}", tasks.evaluate_partition, TaskRef(key), placement,
+                                        parts, True, where_of))
+            return roots
+
+        results = self._run(build, None, placement)
         out: list[Any] = [None] * len(evaluations)
         for (_, idx), summed in zip(by_parts.items(), results):
             for i, stats in zip(idx, summed.members):
                 out[i] = stats
         return out
+
+
+def _task_entries(sources: Sequence[tuple]) -> tuple[list[tuple], dict, set]:
+    """Tasks' entries for ``sources`` (a dask array's blocks as task references), the graph
+    those blocks need, and the keys already held by a cluster (a persisted array's)."""
+    graph: dict = {}
+    remote: set = set()
+    seen: set[int] = set()
+    entries = []
+    for src in sources:
+        refs = []
+        for ref in src[:3]:
+            if isinstance(ref, DaskRows):
+                if id(ref.array) not in seen:
+                    seen.add(id(ref.array))
+                    for key, value in dict(ref.array.__dask_graph__()).items():
+                        if type(value).__name__ == "Future":
+                            remote.add(key)
+                        else:
+                            graph[key] = value
+                first, keys = ref.blocks(src[4], src[5])
+                ref = RowBlocks(first, tuple(TaskRef(k) for k in keys))
+            refs.append(ref)
+        entries.append(parse_input(("read", *refs, *src[3:])))
+    return entries, (convert_legacy_graph(graph) if graph else {}), remote
+
+
+def _persisted(remote: set, graph: dict) -> bool:
+    """Data that is a persisted array as it is (nothing left to compute)."""
+    return bool(remote) and not graph
+
+
+def _annotated(tasks_by_key: dict, where_of: dict, extra: dict) -> Any:
+    """A graph whose tasks in ``where_of`` prefer that worker (loosely: any other if it is gone)."""
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    placed = {k: v for k, v in tasks_by_key.items() if k in where_of}
+    rest = {**extra, **{k: v for k, v in tasks_by_key.items() if k not in where_of}}
+    if not placed:
+        return rest
+    layers = {"dem-placed": MaterializedLayer(placed, annotations={
+        "workers": {k: [w] for k, w in where_of.items()}.get, "allow_other_workers": True}),
+        "dem-rest": MaterializedLayer(rest)}
+    return HighLevelGraph(layers, {"dem-placed": {"dem-rest"}, "dem-rest": set()})
+
+
+def _local_get(dsk: dict, keys: list, n_threads: int) -> list:
+    import dask.threaded
+
+    return list(dask.threaded.get(dsk, list(keys), num_workers=n_threads))
 
 
 def _accepts_n_workers(client: Any) -> bool:
@@ -295,5 +396,3 @@ def _accepts_n_workers(client: Any) -> bool:
         return False
 
 
-def _token(data: PartitionedData) -> str:
-    return dask.base.tokenize(data.description, data.n_samples, data.n_features, str(data.dtype), data.bounds)

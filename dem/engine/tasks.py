@@ -1,0 +1,83 @@
+"""What runs inside the engine's tasks: reading partitions, E-steps, fused subtrees.
+
+A task receives *entries*, one per partition, in partition order:
+
+* ``("part", partition)`` — a partition held by value (local scheduler);
+* ``("group", group, i)`` — partition ``i`` of a cached group (a tuple of
+  partitions that is one value on a worker);
+* ``("read", x, w, y, lengths, start, stop)`` — the arguments of
+  :func:`dem.data.partitions.read_partition`, with a dask array's blocks
+  already substituted (:class:`dem.data.partitions.RowBlocks`).
+
+Consecutive ``read`` entries are read together
+(:func:`dem.data.partitions.read_partitions`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Sequence
+
+from dem.data.partitions import read_partitions
+from dem.data.record import Partition
+from dem.engine.faults import maybe_crash
+from dem.engine.fusion import fold
+from dem.families.base import StatsTuple
+
+BlockFunction = Callable[[Any, Partition], Any]
+
+
+def evaluate_partition(evaluations: tuple, part: Partition) -> StatsTuple:
+    """Every evaluation's statistics of one partition (one read serves them all)."""
+    out: list[Any] = [None] * len(evaluations)
+    plain: dict[int, list[int]] = {}
+    for i, ev in enumerate(evaluations):
+        if ev.sample_key is not None:
+            out[i] = ev.family.e_step_sampled(ev.params, part, ev.sample_key)
+        else:
+            plain.setdefault(id(ev.family), []).append(i)
+    # Members of one family go together, so a kernel that stacks members can.
+    for idx in plain.values():
+        family = evaluations[idx[0]].family
+        if len(idx) == 1:
+            out[idx[0]] = family.e_step(evaluations[idx[0]].params, part)
+            continue
+        for i, stats in zip(idx, family.e_step_members([evaluations[i].params for i in idx], part)):
+            out[i] = stats
+    return StatsTuple(tuple(out))
+
+
+def partitions(entries: Sequence[tuple], reuse: bool = False) -> Iterator[Partition]:
+    """The partitions of ``entries`` in order (see the module docstring)."""
+    i = 0
+    while i < len(entries):
+        kind = entries[i][0]
+        if kind == "read":
+            j = i
+            while j < len(entries) and entries[j][0] == "read":
+                j += 1
+            yield from read_partitions([e[1:] for e in entries[i:j]], reuse=reuse)
+            i = j
+            continue
+        yield entries[i][1] if kind == "part" else entries[i][1][entries[i][2]]
+        i += 1
+
+
+def _applied(fn: BlockFunction, shared: Any, entries: Sequence[tuple], reuse: bool) -> Iterator[Any]:
+    for part in partitions(entries, reuse):
+        maybe_crash("e-step")
+        yield fn(shared, part)
+
+
+def run_subtree(fn: BlockFunction, shared: Any, fan_in: int, reuse: bool, *entries: tuple) -> Any:
+    """``fn`` over a subtree's partitions, added with the fixed tree's shape inside it."""
+    return fold(_applied(fn, shared, entries, reuse), fan_in)
+
+
+def map_subtree(fn: BlockFunction, shared: Any, *entries: tuple) -> list:
+    """``[fn(shared, part)]`` over consecutive partitions."""
+    return list(_applied(fn, shared, entries, False))
+
+
+def read_group(*entries: tuple) -> tuple:
+    """Consecutive partitions read to be cached together as one value."""
+    return tuple(partitions(entries))
