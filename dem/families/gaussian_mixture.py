@@ -34,13 +34,12 @@ from scipy.special import logsumexp
 
 from dem.data.record import Partition
 from dem.data.row_random import content_uniforms, row_hashes
-from dem.errors import CollapsedComponentError
 from dem.families import gaussian_kernel as kernel
 from dem.families.base import (
     Family, FlatParameters, Note, Rebasing, SampledAssignments, Stats, Tempering,
 )
 from dem.families.gaussian_params import (
-    COLLAPSE_ADVICE, GMMParams, compute_precision_cholesky, covariance_from_vector, covariance_to_vector,
+    GMMParams, collapsed, compute_precision_cholesky, covariance_from_vector, covariance_to_vector,
     from_log_ratio, log_ratio, params_from,
 )
 
@@ -157,7 +156,7 @@ def gmm_from_vector(vector: np.ndarray, like: GMMParams, covariance_type: str) -
     means = v[K - 1: K - 1 + K * D].reshape(K, D)
     cov = covariance_from_vector(v[K - 1 + K * D:], covariance_type, np.shape(like.covariances))
     if not np.isfinite(cov).all():
-        raise CollapsedComponentError(f"a covariance overflowed to infinity; {COLLAPSE_ADVICE}")
+        raise collapsed("a covariance overflowed to infinity")
     return GMMParams(weights, means, cov, compute_precision_cholesky(cov, covariance_type))
 
 
