@@ -33,7 +33,6 @@ from scipy.special import logsumexp
 from sklearn.base import DensityMixin
 
 from dem.data.record import Partition
-from dem.data.row_random import sample_size
 from dem.estimator.base import ConfigKey, EMEstimator, store_params
 from dem.estimator.mixture import MixtureMixin
 from dem.estimator.params import Integral, Interval, Real, StrOptions
@@ -44,7 +43,7 @@ from dem.families.base import Family, FlatParameters, Note, Passes, Rebasing, St
 from dem.families.gaussian_mixture import (
     COVARIANCE_TYPES, GaussianMixtureFamily, n_mixture_parameters, rebase_moments,
 )
-from dem.families.gaussian_params import params_from, precisions_from_cholesky
+from dem.families.gaussian_params import precisions_from_cholesky
 
 #: Weight below which ``summary_lines`` (``dem info``) counts a component as unused.
 EFFECTIVE_WEIGHT = 1e-2
@@ -182,26 +181,8 @@ def initial_params(members: list[tuple[BayesianGaussianMixtureFamily, int]], pas
         shift = starts[0].shift
         shared = tuple((gmm[f.n_components], p, "posterior", s) for (f, s), p in zip(members, starts))
     else:
-        ks = [f.n_components for f, _ in members]
-        seeds = [s for _, s in members]
-        fraction = sample_size(passes.n_samples, max(ks)) / passes.n_samples
-        # The Gaussian mixture's sampling pass (it also checks every row and weight).
-        results = passes.map(mixture_init._sample_partition, (tuple(seeds), fraction, False))
-        samples = []
-        for j in range(len(members)):
-            sample = np.concatenate([r[0][j][0] for r in results])
-            sw = None if results[0][0][j][1] is None else np.concatenate([r[0][j][1] for r in results])
-            samples.append((sample, sw))
-        if mi.method == "k-means||":
-            found = passes.kmeans_parallel(ks, seeds)
-        else:
-            found = [mixture_init.centres(mi.method, s, sw, k, seed) for (s, sw), k, seed in zip(samples, ks, seeds)]
-        how = "random" if mi.method == "random" else "nearest"
-        starts = []
-        for k, c, (s, _) in zip(ks, found, samples):
-            var = np.var(s, axis=0) if s.shape[0] else np.ones(passes.n_features)
-            starts.append(params_from(ct, np.full(k, 1.0 / k), c,
-                                      covariances=mixture_init.starting_covariances(var, k, ct, mi.reg_covar)))
+        starts, how, samples = mixture_init.starting_mixtures(
+            [f.n_components for f, _ in members], [s for _, s in members], passes, mi)
         sample0 = samples[0][0]
         shift = sample0.mean(axis=0) if sample0.shape[0] else passes.read_rows(0, 1)[0].astype(np.float64)
         shared = tuple((gmm[f.n_components], p, how, s) for (f, s), p in zip(members, starts))

@@ -190,18 +190,17 @@ def starting_covariances(var: np.ndarray, k: int, covariance_type: str, reg_cova
             "spherical": lambda: np.full(k, var.mean())}[covariance_type]()
 
 
-def initial_params(members: list[tuple[Any, int]], passes: Passes, init: MixtureInit) -> list[GMMParams]:
-    """Starting parameters of every member ``(family, seed)``, sharing the data passes.
+def starting_mixtures(ks: list[int], seeds: list[int], passes: Passes, init: MixtureInit
+                      ) -> tuple[list[GMMParams], str, list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]]:
+    """The sampling pass and the centres every mixture family starts from.
 
-    Each ``family`` provides ``n_components``, ``assignment_stats`` and ``m_step``.
+    Returns, per member ``(k, seed)``, a mixture of uniform weights at the
+    centres (``init.method`` on the row-keyed sample, or k-means‖ passes)
+    with the sample's variance as covariances; the rule that assigns rows to
+    them (``"nearest"``, or ``"random"`` responsibilities); and each member's
+    sample ``(rows, weights, variance)``.
     """
     ct = init.covariance_type
-    user = (init.weights_init, init.means_init, init.precisions_init)
-    if all(v is not None for v in user):
-        return [params_from(ct, init.weights_init, init.means_init, precisions=init.precisions_init)
-                for _ in members]
-    seeds = [seed for _, seed in members]
-    ks = [family.n_components for family, _ in members]
     fraction = sample_size(passes.n_samples, max(ks)) / passes.n_samples
     method = init.method
     results = passes.map(_sample_partition, (tuple(seeds), fraction, init.missing, method == "k-means||"))
@@ -225,6 +224,21 @@ def initial_params(members: list[tuple[Any, int]], passes: Passes, init: Mixture
     how = "random" if method == "random" else "nearest"
     pseudo = [params_from(ct, np.full(k, 1.0 / k), c, covariances=starting_covariances(var, k, ct, init.reg_covar))
               for k, c, (_, _, var) in zip(ks, found, samples)]
+    return pseudo, how, samples
+
+
+def initial_params(members: list[tuple[Any, int]], passes: Passes, init: MixtureInit) -> list[GMMParams]:
+    """Starting parameters of every member ``(family, seed)``, sharing the data passes.
+
+    Each ``family`` provides ``n_components``, ``assignment_stats`` and ``m_step``.
+    """
+    ct = init.covariance_type
+    user = (init.weights_init, init.means_init, init.precisions_init)
+    if all(v is not None for v in user):
+        return [params_from(ct, init.weights_init, init.means_init, precisions=init.precisions_init)
+                for _ in members]
+    seeds = [seed for _, seed in members]
+    pseudo, how, _ = starting_mixtures([family.n_components for family, _ in members], seeds, passes, init)
     summed = passes.reduce(_assign_members, tuple((family, p, how, seed)
                                                   for (family, seed), p in zip(members, pseudo)))
     out = []
