@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from dem.data.record import Partition
-from dem.errors import DataError
+from dem.errors import ConfigError, DataError
 from dem.estimator.base import ConfigKey, EMEstimator, store_params
 from dem.estimator.params import Integral, Interval, Real, StrOptions
 from dem.families import moe_experts as ex
@@ -368,9 +368,16 @@ class MixtureOfExperts(MoEOutputs, EMEstimator):
         data = as_partitioned(X, sample_weight, partition_rows, variable=variable,
                               storage_options=self.storage_options, memory_per_thread=memory_per_thread,
                               y=self._targets(X, y))
+        fixed = self.__dict__.get("_partial_classes")  # partial_fit's classes, fixed by its first call
         self._classes = None
         if self.expert == "categorical":
-            self._classes = self._find_classes(data, y if y is not None else "y")
+            found = self._find_classes(data, y if y is not None else "y", at_least=2 if fixed is None else 1)
+            if fixed is not None:
+                unknown = np.setdiff1d(found, fixed)
+                if unknown.size:
+                    raise DataError(f"y holds classes {unknown.tolist()} not in the classes given to the first "
+                                    f"partial_fit call ({fixed.tolist()})")
+            self._classes = found if fixed is None else fixed
         h = hashlib.sha256()
         for a in sorted({0, data.n_samples // 2, max(0, data.n_samples - 64)}):
             rows = np.asarray(data.read_partition(a, min(data.n_samples, a + 64)).y)
@@ -378,7 +385,7 @@ class MixtureOfExperts(MoEOutputs, EMEstimator):
         self._target_fingerprint = {"target": y if isinstance(y, str) else None, "sha256": h.hexdigest()[:32]}
         return data
 
-    def _find_classes(self, data: Any, y: Any) -> np.ndarray:
+    def _find_classes(self, data: Any, y: Any, at_least: int = 2) -> np.ndarray:
         if isinstance(y, str):
             import zarr
 
@@ -392,7 +399,7 @@ class MixtureOfExperts(MoEOutputs, EMEstimator):
             classes = classes.ravel()
         if classes.dtype.kind == "f" and not np.isfinite(classes).all():
             raise DataError("y contains NaN or inf")
-        if len(classes) < 2:
+        if len(classes) < at_least:
             raise DataError(f"y has only one class ({classes.tolist()[0]!r}); categorical experts need at least 2")
         return classes
 
@@ -465,7 +472,43 @@ class MixtureOfExperts(MoEOutputs, EMEstimator):
         -------
         self
         """
+        self.__dict__.pop("_partial_classes", None)
         return self._fit(X, y=y, sample_weight=sample_weight, variable=variable, callback=callback)
+
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None, classes: Any = None
+                    ) -> "MixtureOfExperts":
+        """One online generalised-EM step on the batch ``(X, y)``; the first call also initialises.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        sample_weight : array-like of shape (n_samples,), optional
+        classes : array-like of shape (n_classes,), optional
+            Categorical experts: every class the stream can hold. Required on
+            the first call (a batch need not show every class), as
+            scikit-learn's incremental classifiers require it; later calls
+            may repeat it and must then give the same classes.
+
+        Returns
+        -------
+        self
+        """
+        categorical = self.expert == "categorical"
+        first = "_partial_classes" not in self.__dict__
+        if categorical and classes is not None:
+            given = unique_labels(np.asarray(classes))
+            if not first and not np.array_equal(given, self._partial_classes):
+                raise ConfigError(f"classes={given.tolist()} is not the classes of the first partial_fit call "
+                                  f"({self._partial_classes.tolist()})")
+            self._partial_classes = given
+        elif categorical and first:
+            fitted = getattr(self, "classes_", None)
+            if fitted is None:
+                raise ConfigError("classes must be passed on the first call to partial_fit (the categorical "
+                                  "experts need every class the stream can hold)")
+            self._partial_classes = np.asarray(fitted)
+        return self._partial_fit(X, y=y, sample_weight=sample_weight)
 
 
 ESTIMATORS = [MixtureOfExperts]

@@ -490,3 +490,28 @@ def test_family_e_step_of_a_partition_without_targets_is_one_line():
     family, params = TestMixtureOfExpertsContract().family_and_params()
     with pytest.raises(dem.DataError, match="needs targets y"):
         family.e_step(params, Partition(np.zeros((3, 3))))
+
+
+def test_partial_fit_of_categorical_experts_takes_scikit_learns_classes_argument():
+    from sklearn.linear_model import SGDClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(900, 2))
+    y = np.where(X[:, 0] > 0, "a", np.where(X[:, 1] > 0, "b", "c"))
+    model = dem.MixtureOfExperts(2, expert="categorical", random_state=0)
+    # scikit-learn's incremental classifiers refuse a first call without classes, with a ValueError.
+    with pytest.raises(ValueError):
+        SGDClassifier().partial_fit(X[:100], y[:100])
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        model.partial_fit(X[:100], y[:100])
+    first = y[:300] != "c"  # a first batch that shows two of the three classes
+    model.partial_fit(X[:300][first], y[:300][first], classes=["c", "a", "b"])
+    for a in range(300, 900, 200):
+        model.partial_fit(X[a:a + 200], y[a:a + 200])
+    assert model.classes_.tolist() == ["a", "b", "c"]
+    assert model.predict_proba(X).shape == (900, 3)
+    assert np.mean(model.predict(X) == y) > 0.8  # the three regions are linearly separable
+    with pytest.raises(ValueError, match=r"classes \['z'\]"):
+        model.partial_fit(X[:10], np.array(["z"] * 10))
+    with pytest.raises(ValueError, match="is not the classes of the first"):
+        model.partial_fit(X[:10], y[:10], classes=["a", "b"])
