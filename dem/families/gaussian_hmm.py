@@ -19,10 +19,11 @@ from dem.estimator.params import Interval, Real, StrOptions
 from dem.estimator.sequence import HMMEstimator, kmeans_centres
 from dem.families.base import FlatParameters, Rebasing
 from dem.families.gaussian_params import covariance_from_vector, covariance_to_vector
-from dem.families.hmm import (
-    COVARIANCE_TYPES, ROW_BLOCK, Gaussians, HMMFamily, HMMStats, _finite_block, _per_state, _ratio_or_previous,
-    check_covariances, full_covariances, packed_outer, shift_moments, transitions_from_vector,
-    transitions_to_vector, unpack_symmetric,
+from dem.families.hmm import HMMFamily, HMMStats, _finite_block, _per_state, _ratio_or_previous
+from dem.families.hmm_coordinates import transitions_from_vector, transitions_to_vector
+from dem.families.hmm_gaussians import (
+    COVARIANCE_TYPES, ROW_BLOCK, Gaussians, check_covariances, full_covariances, packed_outer, shift_moments,
+    unpack_symmetric,
 )
 
 
