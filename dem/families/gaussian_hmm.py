@@ -90,10 +90,7 @@ class GaussianHMMFamily(HMMFamily, FlatParameters, Rebasing):
     params_type = GaussianHMMParams
 
     def check_block(self, params: GaussianHMMParams | None, X: np.ndarray, row_offset: int) -> np.ndarray:
-        X = _finite_block(X, row_offset)
-        if params is not None and X.shape[1] != params.means.shape[1]:
-            raise DataError(f"X has {X.shape[1]} features but the model has {params.means.shape[1]}")
-        return X
+        return _finite_block(X, row_offset, params)
 
     def prepare(self, params: GaussianHMMParams) -> _GaussianPrep:
         K, D = params.means.shape

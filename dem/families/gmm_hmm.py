@@ -103,10 +103,7 @@ class GMMHMMFamily(HMMFamily, FlatParameters, Rebasing):
     params_type = GMMHMMParams
 
     def check_block(self, params: GMMHMMParams | None, X: np.ndarray, row_offset: int) -> np.ndarray:
-        X = _finite_block(X, row_offset)
-        if params is not None and X.shape[1] != params.means.shape[2]:
-            raise DataError(f"X has {X.shape[1]} features but the model has {params.means.shape[2]}")
-        return X
+        return _finite_block(X, row_offset, params)
 
     def prepare(self, params: GMMHMMParams) -> _GMMPrep:
         K, M, D = params.means.shape

@@ -347,7 +347,8 @@ def _check_finite(ll: np.ndarray, batch: lattice.Batch, row_offset: int) -> None
         "forbids every path that explains it)")
 
 
-def _finite_block(X: Any, row_offset: int) -> np.ndarray:
+def _finite_block(X: Any, row_offset: int, params: Any = None) -> np.ndarray:
+    """Real, finite 2-D rows, as wide as ``params.means`` when parameters are given (Gaussian emissions)."""
     X = np.asarray(X)
     if X.ndim != 2:
         raise DataError(f"X must be 2-D (step, feature); got shape {X.shape}")
@@ -358,6 +359,8 @@ def _finite_block(X: Any, row_offset: int) -> np.ndarray:
         row, col = (int(v[0]) for v in np.nonzero(~ok))
         what = "NaN" if np.isnan(X[row, col]) else "inf"
         raise DataError(f"X contains {what} at row {row_offset + row}, feature {col}")
+    if params is not None and X.shape[1] != params.means.shape[-1]:
+        raise DataError(f"X has {X.shape[1]} features but the model has {params.means.shape[-1]}")
     return X
 
 
