@@ -241,20 +241,6 @@ class GaussianMixture(GaussianMixtureStorage, MixtureMixin, DensityMixin, EMEsti
             out["model_selection.json"] = self.model_selection_
         return out
 
-    def _verbose_callback(self, data: Any) -> Any:
-        if not self.verbose:
-            return None
-
-        def show(event: str, info: dict) -> None:
-            if event != "iteration":
-                return
-            it = info["iteration"]
-            if it % max(1, self.verbose_interval) == 0 or it == 1:
-                delta = info["delta"] if info["delta"] is not None else float("inf")
-                print(f"init {info['restart']} iteration {it}: mean log-likelihood "
-                      f"{info['objective']:.6f}  Δ {delta:.3g}  {info['seconds']:.2f}s")
-        return show
-
     # -- fitting and the rest of scikit-learn's API ------------------------------------
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None, *, variable: str | None = None,
@@ -318,12 +304,6 @@ class GaussianMixture(GaussianMixtureStorage, MixtureMixin, DensityMixin, EMEsti
                                    overwrite=o["overwrite"])
         return (f"{o['n_samples']:,} rows × {o['n_features']} features ({o['dtype']}), {o['n_components']} "
                 f"components, {summary['n_chunks']} chunks, {summary['nbytes'] / 2**20:,.1f} MiB uncompressed")
-
-    def _full_covariances(self) -> np.ndarray:
-        from dem.families.gaussian_params import full_covariances
-
-        p = self._fitted_params()
-        return full_covariances(p.covariances, self.covariance_type, *p.means.shape)
 
     def summary_lines(self) -> list[str]:
         order = np.argsort(-np.asarray(self.weights_))
