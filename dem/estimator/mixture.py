@@ -62,6 +62,13 @@ class MixtureMixin:
     def _nan_is_missing(self) -> bool:
         return False
 
+    def _open_data(self, X: Any, *, y: Any, sample_weight: Any, lengths: Any, variable: str | None,
+                   partition_rows: int | None, memory_per_thread: int | None) -> Any:
+        """A mixture's data: rows, with optional sample weights (the template's hook)."""
+        from dem.data.partitions import as_partitioned
+        return as_partitioned(X, sample_weight, partition_rows, variable=variable,
+                              storage_options=self.storage_options, memory_per_thread=memory_per_thread)
+
     def _check_rows(self, arr: np.ndarray) -> None:
         bad = np.isinf(arr) if self._nan_is_missing() else ~np.isfinite(arr)
         if bad.any():

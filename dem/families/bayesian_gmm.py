@@ -355,12 +355,6 @@ class BayesianGaussianMixture(BayesianGaussianMixtureStorage, MixtureMixin, Dens
         # scikit-learn's total: tol / n_samples per unit weight (EMEstimator, _tol_is_total).
         return float(self.tol) if self.tol_per_sample else super()._tol(data)
 
-    def _open_data(self, X: Any, *, y: Any, sample_weight: Any, lengths: Any, variable: str | None,
-                   partition_rows: int | None, memory_per_thread: int | None) -> Any:
-        from dem.data.partitions import as_partitioned
-        return as_partitioned(X, sample_weight, partition_rows, variable=variable,
-                              storage_options=self.storage_options, memory_per_thread=memory_per_thread)
-
     def _check_data(self, data: Any) -> None:
         from dem.errors import DataError
 

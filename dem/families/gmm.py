@@ -180,12 +180,6 @@ class GaussianMixture(GaussianMixtureStorage, MixtureMixin, DensityMixin, EMEsti
         if len(ks) > 1 and any(v is not None for v in (self.weights_init, self.means_init, self.precisions_init)):
             raise ConfigError("weights_init/means_init/precisions_init need a single n_components, not a list")
 
-    def _open_data(self, X: Any, *, y: Any, sample_weight: Any, lengths: Any, variable: str | None,
-                   partition_rows: int | None, memory_per_thread: int | None) -> Any:
-        from dem.data.partitions import as_partitioned
-        return as_partitioned(X, sample_weight, partition_rows, variable=variable,
-                              storage_options=self.storage_options, memory_per_thread=memory_per_thread)
-
     def _check_data(self, data: Any) -> None:
         from dem.errors import DataError
 
