@@ -314,7 +314,11 @@ class Executor:
 
         Evaluations over the same partitions share their tasks; each one's
         statistics go through the fixed tree over its own partitions, so a
-        member's result never depends on the other members.
+        member's result does not depend on the other members' partitions.
+        Members of one family are stacked into one family call (equal to
+        lone calls only to rounding); which ones is decided here, on the
+        driver (:class:`dem.engine.tasks.Batch`), never in the tasks, so it
+        is the same on every worker and scheduler.
         """
         by_parts: dict[tuple[int, ...], list[int]] = {}
         everything = tuple(range(placement.n_partitions))
@@ -325,7 +329,7 @@ class Executor:
             roots = []
             for n, (parts, idx) in enumerate(by_parts.items()):
                 key = f"dem-evaluations-{token}-{n}"
-                dsk[key] = DataNode(key, tuple(evaluations[i] for i in idx))
+                dsk[key] = DataNode(key, tasks.Batch.of([evaluations[i] for i in idx]))
                 roots.append(self._tree(dsk, f"{token}-{n}", tasks.evaluate_partition, TaskRef(key), placement,
                                         parts, True, where_of))
             return roots

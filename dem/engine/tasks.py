@@ -15,6 +15,7 @@ Consecutive ``read`` entries are read together
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Iterator, Sequence
 
 from dem.data.partitions import read_partitions
@@ -26,17 +27,41 @@ from dem.families.base import StatsTuple
 BlockFunction = Callable[[Any, Partition], Any]
 
 
-def evaluate_partition(evaluations: tuple, part: Partition) -> StatsTuple:
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """The evaluations of one pass, and which of them each family call serves.
+
+    ``stacks`` lists the unsampled members that go to one family together
+    (one ``e_step_members`` call, so a kernel that stacks members can), in
+    order. It is decided where the evaluations are made, on the driver, by the
+    identity of their family objects, and travels as plain indices: identity
+    does not survive the trip to a worker (``distributed`` serializes a
+    tuple's items one by one when a worker fetches the value from another),
+    so grouping there would stack members on one worker and evaluate them one
+    by one on the next. Stacked members equal lone ones only to rounding, so
+    the results would then depend on where each task ran.
+    """
+
+    evaluations: tuple
+    stacks: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, evaluations: Sequence[Any]) -> Batch:
+        stacks: dict[int, list[int]] = {}
+        for i, ev in enumerate(evaluations):
+            if ev.sample_key is None:
+                stacks.setdefault(id(ev.family), []).append(i)
+        return cls(tuple(evaluations), tuple(tuple(idx) for idx in stacks.values()))
+
+
+def evaluate_partition(batch: Batch, part: Partition) -> StatsTuple:
     """Every evaluation's statistics of one partition (one read serves them all)."""
+    evaluations = batch.evaluations
     out: list[Any] = [None] * len(evaluations)
-    plain: dict[int, list[int]] = {}
     for i, ev in enumerate(evaluations):
         if ev.sample_key is not None:
             out[i] = ev.family.e_step_sampled(ev.params, part, ev.sample_key)
-        else:
-            plain.setdefault(id(ev.family), []).append(i)
-    # Members of one family go together, so a kernel that stacks members can.
-    for idx in plain.values():
+    for idx in batch.stacks:
         family = evaluations[idx[0]].family
         if len(idx) == 1:
             out[idx[0]] = family.e_step(evaluations[idx[0]].params, part)

@@ -40,7 +40,7 @@ def _array_digest(values: np.ndarray) -> str:
     """
     a = np.asarray(values)
     h = hashlib.sha256()
-    if a.dtype.kind in "OUS":
+    if a.dtype.kind in "OUST":
         h.update(json.dumps([str(v) for v in a.ravel().tolist()]).encode("utf-8"))
     else:
         h.update(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes())

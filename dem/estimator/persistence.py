@@ -53,13 +53,23 @@ def _number(value: Any) -> Any:
     return value
 
 
+def _plain_labels(values: np.ndarray) -> np.ndarray:
+    """Labels read back as numpy's fixed-width unicode, as scikit-learn's ``classes_`` are."""
+    if values.dtype.kind == "T" or (values.dtype == object and all(isinstance(v, str) for v in values.flat)):
+        return np.array(values.tolist(), dtype=str)
+    return values
+
+
 def model_dataset(est: Any) -> Any:
     """The fitted estimator as an ``xarray.Dataset`` (arrays, coordinates and JSON attributes)."""
     import xarray as xr
 
     arrays = est._fitted_arrays()
-    ds = xr.Dataset({name: (dims, np.asarray(value)) for name, (dims, value) in arrays.items()},
-                    coords=est._fitted_coords())
+    # Labels (classes, feature names) go in as variable-length strings: zarr warns that its
+    # fixed-width unicode type has no v3 specification.
+    coords = {name: (value.astype(np.dtypes.StringDType()) if np.asarray(value).dtype.kind == "U" else value)
+              for name, value in est._fitted_coords().items()}
+    ds = xr.Dataset({name: (dims, np.asarray(value)) for name, (dims, value) in arrays.items()}, coords=coords)
     hyper = {k: _jsonable(v) for k, v in est.get_params(deep=False).items() if k != "client"}
     ds.attrs.update(
         dem_format_version=FORMAT_VERSION,
@@ -110,7 +120,7 @@ def restore(cls: type, path: str, ds: Any) -> Any:
     else:
         fitted = {k: _number(v) for k, v in json.loads(ds.attrs["fitted"]).items()}
     est.history_ = json.loads(ds.attrs.get("history", "[]"))
-    coords = {name: np.asarray(ds[name].values) for name in ds.coords}
+    coords = {name: _plain_labels(np.asarray(ds[name].values)) for name in ds.coords}
     try:
         est._restore_fitted(arrays, coords, fitted)
     except (KeyError, ValueError, IndexError) as exc:

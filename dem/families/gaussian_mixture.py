@@ -284,8 +284,11 @@ class GaussianMixtureFamily(GaussianMixtureAbilities, Family, SampledAssignments
     def e_step_members(self, params: list[GMMParams], part: Partition) -> list[GMMStats]:
         """Statistics of several members in one read of ``part``, their densities one wider product.
 
-        Each member's statistics are bitwise those of :meth:`e_step` alone:
-        the rows are centred on a point of the data, not of any member.
+        The rows are centred on a point of the data, not of any member, but
+        BLAS may round a wider product differently (OpenBLAS does), so each
+        member's statistics equal those of :meth:`e_step` alone only to
+        rounding: which members stack is decided on the driver
+        (:class:`dem.engine.tasks.Batch`), never per task.
         """
         sums = kernel.e_step_sums_members([self.components(p) for p in params], part, beta=self.beta)
         return [self._stats(acc) for acc in sums]

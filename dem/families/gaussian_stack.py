@@ -10,10 +10,11 @@ members stacked), the others are whitened as in
 GEMM ``G @ Rᵀ`` and those of the whitened ones per-component SYRKs about
 their means.
 
-A member's rows of a stacked product are computed exactly as in a product
-of its own rows (the same dot products in the same order), and the centre
-depends on the data alone, so a member's sums do not depend on which
-members share its pass.
+The centre depends on the data alone, but BLAS may round a member's rows
+of a stacked product differently from a product of its own rows (OpenBLAS's
+DGEMM does, in ``G @ Rᵀ``), so a member's sums equal its lone sums only to
+rounding; the engine decides on the driver which members stack, so the
+bits never depend on where a task ran.
 """
 
 from __future__ import annotations

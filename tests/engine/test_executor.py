@@ -5,6 +5,7 @@ spreads tasks over workers, and Zarr read a slab at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 
@@ -18,6 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 import dem
 from dem.data import partitions as P
 from dem.data.partitions import as_partitioned
+from dem.engine import tasks
 from dem.engine.executor import Evaluation, Executor
 from dem.engine.fusion import fold, fused_depth, subtrees
 from dem.engine.reduction import tree_reduce
@@ -134,6 +136,49 @@ def test_fits_are_bitwise_equal_on_one_and_two_workers_with_fused_graphs(many, l
     _assert_bitwise(local, _fit(X, local_cluster_client, partition_rows=5))
     _assert_bitwise(local, _fit(X, one_worker_client, partition_rows=5))
     _assert_bitwise(local, _fit(X, local_cluster_client, partition_rows=5, cache=False))
+
+
+def test_members_stacked_on_the_driver_stay_stacked_after_a_trip_between_workers(many):
+    # A worker fetching a pass's evaluations from another gets them through
+    # distributed's message serialization, which unpickles a tuple's items one
+    # by one: the family objects the members shared arrive as copies.
+    protocol = pytest.importorskip("distributed.protocol")
+    X, family, params = many
+    other = dataclasses.replace(params, means=params.means + 0.5)
+    evaluations = [Evaluation(family, params), Evaluation(family, other)]
+    moved = protocol.loads(protocol.dumps({"data": protocol.to_serialize(tuple(evaluations))}))["data"]
+    assert moved[0].family is not moved[1].family
+    batch = tasks.Batch.of(evaluations)
+    assert batch.stacks == ((0, 1),)
+    travelled = protocol.loads(protocol.dumps({"data": protocol.to_serialize(batch)}))["data"]
+    assert travelled.stacks == ((0, 1),)
+    part = P.read_partition(X, None, None, None, 0, 500)
+    for a, b in zip(tasks.evaluate_partition(batch, part).members, tasks.evaluate_partition(travelled, part).members):
+        _assert_stats_bitwise(a, b)
+
+
+@pytest.mark.slow
+def test_streamed_restarts_are_bitwise_equal_on_threads_and_a_cluster(tmp_path, local_cluster_client):
+    # Restarts sharing a pass are stacked into one family call, which equals
+    # lone calls only to rounding. Which members stack was decided inside the
+    # task by the identity of their family objects; a worker that fetched the
+    # pass's evaluations from the other worker got each item unpickled apart
+    # (distributed serializes a tuple's items one by one), so its partitions
+    # were evaluated member by member: the bits depended on where each task ran.
+    from dem.data.generate import generate_dataset
+
+    path = str(tmp_path / "x.zarr")
+    generate_dataset(path, 6000, 3, 3, chunk_rows=500, dtype="float64", seed=3)
+    kw = dict(n_components=3, covariance_type="full", init_params="kmeans", random_state=11, n_init=2,
+              max_iter=6, tol=0.0, partition_rows=500, cache=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        local = dem.GaussianMixture(**kw).fit(path)
+        got = dem.GaussianMixture(client=local_cluster_client, **kw).fit(path)
+    assert [h["objective"] for h in got.history_] == [h["objective"] for h in local.history_]
+    for a, b in zip(got.restarts_, local.restarts_):
+        assert [h["objective"] for h in a["history"]] == [h["objective"] for h in b["history"]]
+    _assert_bitwise(local, got)
 
 
 # -- dask inputs -----------------------------------------------------------------

@@ -38,6 +38,9 @@ FIT_SCRIPT = textwrap.dedent(
     """
 )
 
+# Fits stopped at a fixed max_iter on purpose: scikit-learn's non-convergence warning is expected.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
 
 def _write_data(path: str) -> None:
     rng = np.random.default_rng(3)

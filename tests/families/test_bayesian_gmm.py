@@ -233,6 +233,7 @@ def test_dirichlet_process_switches_off_seven_of_ten_components():
     assert len(lines) == 4
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # two iterations on purpose
 def test_rebased_statistics_give_the_same_m_step(data):
     family = BayesianGaussianMixtureFamily(3, "full")
     est = dem.BayesianGaussianMixture(3, max_iter=2, random_state=0).fit(data)
@@ -246,6 +247,7 @@ def test_rebased_statistics_give_the_same_m_step(data):
         np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-10, err_msg=name)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # two iterations on purpose
 @pytest.mark.parametrize("ct", COVARIANCE_TYPES)
 def test_flat_parameters_round_trip(data, ct):
     family = BayesianGaussianMixtureFamily(3, ct)
