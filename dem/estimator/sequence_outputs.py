@@ -50,7 +50,7 @@ class HMMOutputs:
 
     def _run(self, X: Any, lengths: Any, block_fn: Any, extra: tuple) -> list:
         """Apply a block function to every partition; in memory, directly on the driver."""
-        from dem.data.partitions import read_partition
+        from dem.data.row_sources import read_partition
         from dem.engine.executor import Executor
 
         data = self._open_data(X, y=None, sample_weight=None, lengths=lengths, variable=None,
