@@ -22,7 +22,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "dem"
 LAYERS = ["api", "families", "estimator", "engine", "data"]

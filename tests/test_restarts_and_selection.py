@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import dem
-from dem.data.partitions import ZarrRows
+from dem.data.row_sources import ZarrRows
 from dem.data.record import Partition
 from dem.data.row_random import content_uniforms, row_hashes, weighted_race
 from dem.engine import kmeans_parallel as kmp

@@ -28,7 +28,7 @@ from dem.cli.common import (
     session,
 )
 from dem.config import Config
-from dem.data.partitions import normalise_location
+from dem.data.row_sources import normalise_location
 from dem.engine.checkpoint import CHECKPOINTS as CHECKPOINTS_NAME
 from dem.engine.checkpoint import RUN_FILE as RUN_NAME
 from dem.engine.monitor import objective_of

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dem.data.atomic import replace_directory
 from dem.errors import ConfigError, OutputExistsError, plain_repr
 
 #: Default distance between the two closest means, in units of the largest
@@ -357,10 +358,7 @@ def _publish(tmp: str, path: str, overwrite: bool) -> None:
                 return
             _remove(tmp)
             raise OutputExistsError(path, "appeared while generating")
-        old = f"{path}.old-{os.getpid()}"
-        os.replace(path, old)
-        os.replace(tmp, path)
-        _remove(old)
+        replace_directory(tmp, path)
         return
     try:
         os.replace(tmp, path)

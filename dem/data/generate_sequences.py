@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from dem.data.atomic import replace_directory
 from dem.data.sequences import KINDS, _blosc
 from dem.errors import ConfigError, plain_repr
 
@@ -244,13 +245,7 @@ def generate_hmm_dataset(
             shutil.rmtree(target, ignore_errors=True)
         raise
     if not url:
-        if os.path.exists(path):
-            old = f"{path}.old-{os.getpid()}"
-            os.replace(path, old)
-            os.replace(target, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(target, path)
+        replace_directory(target, path)
     return {**{k: v for k, v in attrs.items() if k not in ("generator", "complete")},
             "path": path, "total_steps": total, "n_chunks": n_chunks,
             "seconds": time.perf_counter() - t0}

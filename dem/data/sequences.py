@@ -21,7 +21,7 @@ boundaries nearest to multiples of a target row count, which depends on the
 data (and the model's per-step working size) only, never on the cluster, so
 fits are bitwise the same on any number of workers. The result is an ordinary
 :class:`~dem.data.partitions.PartitionedData` whose ``x_refs`` read the rows
-(a :class:`~dem.data.partitions.ZarrRows` spec, or a numpy view) and whose
+(a :class:`~dem.data.row_sources.ZarrRows` spec, or a numpy view) and whose
 ``length_refs`` are the partition's sequence lengths (a small int64 array),
 which reach the E-step as :attr:`~dem.data.record.Partition.lengths`. The
 engine needs no notion of sequences.
@@ -53,14 +53,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dem.data.partitions import (
-    MAX_PARTITION_BYTES,
-    PartitionedData,
-    ZarrRows,
-    auto_partition_bytes,
-    normalise_location,
-    read_partition,
-)
+from dem.data.partitions import MAX_PARTITION_BYTES, PartitionedData, auto_partition_bytes
+from dem.data.row_sources import ZarrRows, normalise_location, read_partition
 from dem.errors import ConfigError, DataError, OutputExistsError, plain_repr
 
 KINDS: tuple[str, ...] = ("gaussian", "categorical", "gmm")

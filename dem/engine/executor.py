@@ -32,7 +32,8 @@ import psutil
 from dask._task_spec import DataNode, Task, TaskRef, convert_legacy_graph, parse_input
 from threadpoolctl import ThreadpoolController
 
-from dem.data.partitions import DaskRows, PartitionedData, RowBlocks
+from dem.data.partitions import PartitionedData
+from dem.data.row_sources import DaskRows, RowBlocks
 from dem.data.record import Partition
 from dem.engine import tasks
 from dem.engine.fusion import fused_depth, subtrees

@@ -6,11 +6,11 @@ A task receives *entries*, one per partition, in partition order:
 * ``("group", group, i)`` — partition ``i`` of a cached group (a tuple of
   partitions that is one value on a worker);
 * ``("read", x, w, y, lengths, start, stop)`` — the arguments of
-  :func:`dem.data.partitions.read_partition`, with a dask array's blocks
-  already substituted (:class:`dem.data.partitions.RowBlocks`).
+  :func:`dem.data.row_sources.read_partition`, with a dask array's blocks
+  already substituted (:class:`dem.data.row_sources.RowBlocks`).
 
 Consecutive ``read`` entries are read together
-(:func:`dem.data.partitions.read_partitions`).
+(:func:`dem.data.row_sources.read_partitions`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterator, Sequence
 
-from dem.data.partitions import read_partitions
+from dem.data.row_sources import read_partitions
 from dem.data.record import Partition
 from dem.engine.faults import maybe_crash
 from dem.engine.fusion import fold

@@ -74,7 +74,7 @@ def impute(
     Parameters
     ----------
     family, params : a family that can impute (``family.impute(params, X, n_draws, rng)``,
-        as :class:`~dem.families.gmm_missing.Any`) and its
+        as :class:`~dem.families.gmm_missing.MissingDataGaussianMixtureFamily`) and its
         fitted parameters
     X : numpy array, dask array, xarray DataArray, or Zarr path/URL
         Data of shape (n_samples, n_features) with NaN at missing entries.

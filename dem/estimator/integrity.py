@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from dem.data.atomic import replace_directory
 from dem.errors import CheckpointError
 
 #: Dataset attribute holding the checksum of a saved model (JSON text, see :func:`model_checksum`).
@@ -207,13 +208,7 @@ def write_atomically(ds: Any, path: str, storage_options: dict | None = None) ->
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         ds.to_zarr(tmp, mode="w", consolidated=True)
-        if os.path.exists(path):
-            old = f"{path}.old-{os.getpid()}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,4 +1,4 @@
-"""What every mixture estimator shares: predict, predict_proba, score, BIC, sampling.
+"""What every mixture estimator shares: predict, predict_proba, score, BIC, sampling, progress lines.
 
 Mixture families provide ``weighted_log_prob(params, X)`` (n, K); this mixin
 turns it into scikit-learn's ``score_samples``, ``predict``,
@@ -37,9 +37,37 @@ class _RowFunction:
 class MixtureMixin:
     """Inference of a fitted mixture estimator (numpy in → numpy out, lazy in → lazy out)."""
 
+    #: What ``verbose`` calls the objective, and whether it prints it as a total over the data
+    #: (the engine's objective is per unit weight).
+    _progress: tuple[str, bool] = ("mean log-likelihood", False)
+
+    def _verbose_callback(self, data: Any) -> Any:
+        """scikit-learn's progress line every ``verbose_interval`` iterations (and the first)."""
+        if not self.verbose:
+            return None
+        label, total = self._progress
+        n = data.n_samples if total else 1
+
+        def show(event: str, info: dict) -> None:
+            if event != "iteration":
+                return
+            it = info["iteration"]
+            if it % max(1, self.verbose_interval) == 0 or it == 1:
+                delta = info["delta"] if info["delta"] is not None else float("inf")
+                print(f"init {info['restart']} iteration {it}: {label} {info['objective'] * n:.6f}  "
+                      f"Δ {delta * n:.3g}  {info['seconds']:.2f}s")
+        return show
+
     #: Whether NaN in prediction input marks a missing value (Gaussian mixture, missing="em").
     def _nan_is_missing(self) -> bool:
         return False
+
+    def _open_data(self, X: Any, *, y: Any, sample_weight: Any, lengths: Any, variable: str | None,
+                   partition_rows: int | None, memory_per_thread: int | None) -> Any:
+        """A mixture's data: rows, with optional sample weights (the template's hook)."""
+        from dem.data.partitions import as_partitioned
+        return as_partitioned(X, sample_weight, partition_rows, variable=variable,
+                              storage_options=self.storage_options, memory_per_thread=memory_per_thread)
 
     def _check_rows(self, arr: np.ndarray) -> None:
         bad = np.isinf(arr) if self._nan_is_missing() else ~np.isfinite(arr)

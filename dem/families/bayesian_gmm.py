@@ -44,6 +44,7 @@ from dem.families.gaussian_mixture import (
     COVARIANCE_TYPES, GaussianMixtureFamily, n_mixture_parameters, rebase_moments,
 )
 from dem.families.gaussian_params import precisions_from_cholesky
+from dem.families.gmm_storage import BayesianGaussianMixtureStorage
 
 #: Weight below which ``summary_lines`` (``dem info``) counts a component as unused.
 EFFECTIVE_WEIGHT = 1e-2
@@ -204,7 +205,7 @@ PRIOR_PARAMS = ("weight_concentration_prior", "mean_precision_prior", "mean_prio
                 "covariance_prior")
 
 
-class BayesianGaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
+class BayesianGaussianMixture(BayesianGaussianMixtureStorage, MixtureMixin, DensityMixin, EMEstimator):
     """Variational Bayesian Gaussian mixture on data of any size, on a Dask cluster.
 
     Parameters and fitted attributes follow
@@ -282,6 +283,7 @@ class BayesianGaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
 
     _kind = "bayesian_gmm"
     _tol_is_total = True
+    _progress = ("lower bound", True)  # scikit-learn prints the bound as a total over the data
     _warned_notes: dict = {}
     _config_keys = {
         "model.n_components": ConfigKey("n_components", 1, "mixture components (an upper bound: the prior "
@@ -353,12 +355,6 @@ class BayesianGaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
         # scikit-learn's total: tol / n_samples per unit weight (EMEstimator, _tol_is_total).
         return float(self.tol) if self.tol_per_sample else super()._tol(data)
 
-    def _open_data(self, X: Any, *, y: Any, sample_weight: Any, lengths: Any, variable: str | None,
-                   partition_rows: int | None, memory_per_thread: int | None) -> Any:
-        from dem.data.partitions import as_partitioned
-        return as_partitioned(X, sample_weight, partition_rows, variable=variable,
-                              storage_options=self.storage_options, memory_per_thread=memory_per_thread)
-
     def _check_data(self, data: Any) -> None:
         from dem.errors import DataError
 
@@ -415,20 +411,6 @@ class BayesianGaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
     def _fitted_family(self) -> BayesianGaussianMixtureFamily:
         return self._family()
 
-    def _verbose_callback(self, data: Any) -> Any:
-        if not self.verbose:
-            return None
-        n = data.n_samples
-
-        def show(event: str, info: dict) -> None:
-            if event == "iteration":
-                it = info["iteration"]
-                if it % max(1, self.verbose_interval) == 0 or it == 1:
-                    delta = info["delta"] if info["delta"] is not None else float("inf")
-                    print(f"init {info['restart']} iteration {it}: lower bound {info['objective'] * n:.6f}  "
-                          f"Δ {delta * n:.3g}  {info['seconds']:.2f}s")
-        return show
-
     # -- fitting and the rest of scikit-learn's API --------------------------------------
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None, *, variable: str | None = None,
@@ -463,12 +445,6 @@ class BayesianGaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
                 raise
         return self._fit(X, sample_weight=sample_weight, variable=variable, callback=callback)
 
-    def _full_covariances(self) -> np.ndarray:
-        from dem.families.gaussian_params import full_covariances
-
-        p = self._fitted_params()
-        return full_covariances(p.covariances, self.covariance_type, *p.means.shape)
-
     def summary_lines(self, threshold: float = EFFECTIVE_WEIGHT) -> list[str]:
         """Lines for ``dem info``: the components whose weight reaches ``threshold``."""
         w = np.asarray(self._fitted_params().weights)
@@ -477,62 +453,6 @@ class BayesianGaussianMixture(MixtureMixin, DensityMixin, EMEstimator):
                  f"({self.weight_concentration_prior_type}, concentration {self.weight_concentration_prior_:g})"]
         lines += [f"  component {int(k)}: weight {w[k]:.4f}" for k in used[np.argsort(-w[used], kind="stable")]]
         return lines
-
-    # -- persistence ---------------------------------------------------------------------
-
-    def _cov_dims(self) -> tuple[str, ...]:
-        return {"full": ("component", "feature", "feature_"), "tied": ("feature", "feature_"),
-                "diag": ("component", "feature"), "spherical": ("component",)}[self.covariance_type]
-
-    def _fitted_arrays(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
-        p = self._fitted_params()
-        cov = self._cov_dims()
-        conc = ("stick", "component") if np.ndim(p.weight_concentration) == 2 else ("component",)
-        prior_cov = {"full": ("feature", "feature_"), "tied": ("feature", "feature_"), "diag": ("feature",),
-                     "spherical": ()}[self.covariance_type]
-        out = {"weights": (("component",), p.weights), "means": (("component", "feature"), p.means),
-               "covariances": (cov, p.covariances), "precisions_cholesky": (cov, p.precisions_cholesky),
-               "weight_concentration": (conc, p.weight_concentration),
-               "mean_precision": (("component",), p.mean_precision),
-               "degrees_of_freedom": ((), p.degrees_of_freedom) if self.covariance_type == "tied"
-               else (("component",), p.degrees_of_freedom),
-               "mean_prior": (("feature",), p.mean_prior), "covariance_prior": (prior_cov, p.covariance_prior)}
-        for name in ("weight_concentration_prior", "mean_precision_prior", "degrees_of_freedom_prior",
-                     "weight_sum"):
-            out[name] = ((), np.asarray(getattr(p, name)))
-        return out
-
-    def _fitted_coords(self) -> dict[str, np.ndarray]:
-        names = self.feature_names_ if getattr(self, "feature_names_", None) is not None \
-            else np.arange(self.n_features_in_)
-        return {"component": np.arange(len(self.weights_)), "feature": np.asarray(names),
-                "feature_": np.asarray(names)}
-
-    def _fitted_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k, None) for k in (
-            "n_components_", "converged_", "n_iter_", "lower_bound_", "lower_bounds_", "n_passes_",
-            "n_init_passes_", "best_restart_")}
-
-    def _restore_fitted(self, arrays: dict[str, np.ndarray], coords: dict[str, np.ndarray],
-                        fitted: dict[str, Any]) -> None:
-        fields = [f.name for f in dataclasses.fields(bm.BGMMParams)]
-        params = bm.BGMMParams(**{name: np.asarray(arrays[name], dtype=np.float64) for name in fields})
-        K, D = params.means.shape
-        expected = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[self.covariance_type]
-        if params.covariances.shape != expected or params.precisions_cholesky.shape != expected \
-                or params.mean_prior.shape != (D,):
-            raise ValueError(f"array shapes do not fit {K} components × {D} features "
-                             f"({self.covariance_type} covariances)")
-        self._set_fitted(self._family(), params, None)
-        for k, v in fitted.items():
-            if v is not None and k.endswith("_"):
-                setattr(self, k, v)
-        self.converged_ = bool(self.converged_)
-        self.n_iter_ = int(self.n_iter_)
-        self.lower_bound_ = float(self.lower_bound_)
-        self.n_features_in_ = D
-        feats = coords.get("feature", np.arange(D))
-        self.feature_names_ = None if np.array_equal(feats, np.arange(len(feats))) else feats
 
 
 ESTIMATORS = [BayesianGaussianMixture]

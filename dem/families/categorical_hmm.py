@@ -17,9 +17,9 @@ from dem.estimator.base import ConfigKey, store_params
 from dem.estimator.params import Integral, Interval, Real
 from dem.estimator.sequence import HMMEstimator, check_distribution
 from dem.families.base import FlatParameters, Rebasing
-from dem.families.hmm import (
-    HMMFamily, HMMStats, simplex_rows_from_vector, simplex_rows_to_vector, transitions_from_vector,
-    transitions_to_vector,
+from dem.families.hmm import HMMFamily, HMMStats
+from dem.families.hmm_coordinates import (
+    simplex_rows_from_vector, simplex_rows_to_vector, transitions_from_vector, transitions_to_vector,
 )
 
 

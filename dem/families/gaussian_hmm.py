@@ -19,10 +19,11 @@ from dem.estimator.params import Interval, Real, StrOptions
 from dem.estimator.sequence import HMMEstimator, kmeans_centres
 from dem.families.base import FlatParameters, Rebasing
 from dem.families.gaussian_params import covariance_from_vector, covariance_to_vector
-from dem.families.hmm import (
-    COVARIANCE_TYPES, ROW_BLOCK, Gaussians, HMMFamily, HMMStats, _finite_block, _per_state, _ratio_or_previous,
-    check_covariances, full_covariances, packed_outer, shift_moments, transitions_from_vector,
-    transitions_to_vector, unpack_symmetric,
+from dem.families.hmm import HMMFamily, HMMStats, _finite_block, _per_state, _ratio_or_previous
+from dem.families.hmm_coordinates import transitions_from_vector, transitions_to_vector
+from dem.families.hmm_gaussians import (
+    COVARIANCE_TYPES, ROW_BLOCK, Gaussians, check_covariances, full_covariances, packed_outer, shift_moments,
+    unpack_symmetric,
 )
 
 
@@ -89,10 +90,7 @@ class GaussianHMMFamily(HMMFamily, FlatParameters, Rebasing):
     params_type = GaussianHMMParams
 
     def check_block(self, params: GaussianHMMParams | None, X: np.ndarray, row_offset: int) -> np.ndarray:
-        X = _finite_block(X, row_offset)
-        if params is not None and X.shape[1] != params.means.shape[1]:
-            raise DataError(f"X has {X.shape[1]} features but the model has {params.means.shape[1]}")
-        return X
+        return _finite_block(X, row_offset, params)
 
     def prepare(self, params: GaussianHMMParams) -> _GaussianPrep:
         K, D = params.means.shape

@@ -343,16 +343,7 @@ def _whitened_sums(comps: Components, part: Partition, shift: np.ndarray, *, bet
         ws = spaces[min(prep.rows, n - a)]
         XcT = centred_block(prep, X, a, a + prep.rows, ws)
         lp = log_prob_T(prep, XcT, ws)
-        if beta != 1.0:
-            lp *= beta
-        top = lp.max(axis=0)
-        lp -= top
-        np.exp(lp, out=lp)
-        total = lp.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            lse = np.log(total, dtype=np.float64) + top
-            if beta != 1.0:
-                lse /= beta  # the tempered free energy per row
+        lse, total = exp_normalised(lp, beta, axis=0)
         if not np.isfinite(lse).all():
             raise_non_finite(X, a, lse, row_offset)
         lp /= total  # responsibilities, (K, rows)
@@ -373,6 +364,27 @@ def _whitened_sums(comps: Components, part: Partition, shift: np.ndarray, *, bet
             lp *= w.astype(lp.dtype, copy=False)
         accumulate_moments(acc, ct, XcT, lp, prep.centred_means, w, ws)
     return acc
+
+
+def exp_normalised(lp: np.ndarray, beta: float, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """``exp(β·lp − max)`` over the components' ``axis``, in place; returns ``(lse, total)``.
+
+    ``lse`` is each row's log-sum-exp (the tempered free energy ``(1/β)·log Σ_k
+    exp(β·lp_k)`` when β ≠ 1), in float64; ``total`` the sum that turns ``lp``
+    into responsibilities, which the caller divides by once it has checked
+    that ``lse`` is finite.
+    """
+    if beta != 1.0:
+        lp *= beta
+    top = lp.max(axis=axis)
+    lp -= np.expand_dims(top, axis)
+    np.exp(lp, out=lp)
+    total = lp.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lse = np.log(total, dtype=np.float64) + top
+        if beta != 1.0:
+            lse /= beta  # the tempered free energy per row
+    return lse, total
 
 
 def resp_entropy(resp: np.ndarray) -> np.ndarray:

@@ -200,8 +200,44 @@ def empty_notes(stats: GMMStats) -> list[Note]:
             for k in np.flatnonzero(empty_components(stats.resp_sum, stats.weight_sum))]
 
 
+class GaussianMixtureAbilities(Tempering, FlatParameters, Rebasing):
+    """What the Gaussian mixture families share over :class:`GMMParams`.
+
+    The parameter count, validated parameters, and the abilities annealing
+    (tempering), SQUAREM (flat parameters) and online EM (rebasing) use.
+    Mixed into :class:`GaussianMixtureFamily` and
+    :class:`~dem.families.gmm_missing.MissingDataGaussianMixtureFamily`, ahead
+    of :class:`~dem.families.base.Family` so that its ``n_parameters`` is the
+    one the family has; the family has the fields ``n_components``,
+    ``covariance_type`` and ``beta``.
+    """
+
+    def n_parameters(self, n_features: int) -> int:
+        """Number of free parameters (for BIC/AIC), as scikit-learn counts them."""
+        return n_mixture_parameters(self.covariance_type, self.n_components, n_features)
+
+    def params_from(self, weights: Any, means: Any, covariances: Any = None, precisions: Any = None) -> GMMParams:
+        """Validated parameters from weights, means and covariances or precisions."""
+        return params_from(self.covariance_type, weights, means, covariances, precisions)
+
+    def tempered(self, beta: float) -> Family:
+        return dataclasses.replace(self, beta=float(beta))
+
+    def perturb(self, params: GMMParams, rng: np.random.Generator) -> GMMParams:
+        return perturb_means(params, self.covariance_type, rng)
+
+    def to_vector(self, params: GMMParams) -> np.ndarray:
+        return gmm_to_vector(params, self.covariance_type)
+
+    def from_vector(self, vector: np.ndarray, like: GMMParams) -> GMMParams:
+        return gmm_from_vector(vector, like, self.covariance_type)
+
+    def rebase(self, stats: GMMStats, old: GMMParams, new: GMMParams) -> GMMStats:
+        return rebase_moments(stats, old.means, new.means, self.covariance_type)
+
+
 @dataclasses.dataclass(frozen=True)
-class GaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasing, SampledAssignments):
+class GaussianMixtureFamily(GaussianMixtureAbilities, Family, SampledAssignments):
     """A Gaussian mixture as pure functions over partitions.
 
     Parameters
@@ -266,9 +302,6 @@ class GaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasing, Sampled
     def notes(self, stats: GMMStats, params: GMMParams) -> list[Note]:
         return empty_notes(stats)
 
-    def n_parameters(self, n_features: int) -> int:
-        return n_mixture_parameters(self.covariance_type, self.n_components, n_features)
-
     def weighted_log_prob(self, params: GMMParams, X: Any) -> np.ndarray:
         """``log w_k + log N(x_n | μ_k, Σ_k)`` for every row and component, (n, K)."""
         return kernel.weighted_log_prob(self.components(params), X, params.shift)
@@ -278,10 +311,6 @@ class GaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasing, Sampled
 
     def zero_stats(self, n_features: int) -> GMMStats:
         return self._stats(kernel.new_accumulator(self.covariance_type, self.n_components, n_features))
-
-    def params_from(self, weights: Any, means: Any, covariances: Any = None, precisions: Any = None) -> GMMParams:
-        """Validated parameters from weights, means and covariances or precisions."""
-        return params_from(self.covariance_type, weights, means, covariances, precisions)
 
     def assignment_stats(self, params: GMMParams, part: Partition, responsibilities: str = "nearest",
                          seed: int = 0) -> GMMStats:
@@ -314,20 +343,3 @@ class GaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasing, Sampled
                 RT *= w
             kernel.accumulate_moments(acc, self.covariance_type, XcT, RT, cm, w)
         return self._stats(acc)
-
-    # -- abilities -------------------------------------------------------------
-
-    def tempered(self, beta: float) -> "GaussianMixtureFamily":
-        return dataclasses.replace(self, beta=float(beta))
-
-    def perturb(self, params: GMMParams, rng: np.random.Generator) -> GMMParams:
-        return perturb_means(params, self.covariance_type, rng)
-
-    def to_vector(self, params: GMMParams) -> np.ndarray:
-        return gmm_to_vector(params, self.covariance_type)
-
-    def from_vector(self, vector: np.ndarray, like: GMMParams) -> GMMParams:
-        return gmm_from_vector(vector, like, self.covariance_type)
-
-    def rebase(self, stats: GMMStats, old: GMMParams, new: GMMParams) -> GMMStats:
-        return rebase_moments(stats, old.means, new.means, self.covariance_type)

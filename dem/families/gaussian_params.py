@@ -8,6 +8,7 @@ spherical). Pure numpy/scipy.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
 from scipy import linalg
@@ -59,6 +60,22 @@ class GMMParams:
         return self.weights @ self.means
 
 
+def upper_precision_factors(covariances: np.ndarray, failed: Callable[[int], Exception]) -> np.ndarray:
+    """Upper ``U_k`` with ``Σ_k⁻¹ = U_k U_kᵀ`` for a stack of (D, D) covariances, (K, D, D).
+
+    ``failed(k)`` is the exception raised when ``Σ_k`` is not positive definite.
+    """
+    n_components, n_features, _ = covariances.shape
+    out = np.empty_like(covariances)
+    for k in range(n_components):
+        try:
+            chol = linalg.cholesky(covariances[k], lower=True)
+        except (linalg.LinAlgError, ValueError):
+            raise failed(k) from None
+        out[k] = linalg.solve_triangular(chol, np.eye(n_features), lower=True).T
+    return out
+
+
 def compute_precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
     """Cholesky factors of the precision matrices, as scikit-learn defines them.
 
@@ -68,16 +85,8 @@ def compute_precision_cholesky(covariances: np.ndarray, covariance_type: str) ->
         If a covariance is not positive definite.
     """
     if covariance_type == "full":
-        n_components, n_features, _ = covariances.shape
-        out = np.empty_like(covariances)
-        for k in range(n_components):
-            try:
-                chol = linalg.cholesky(covariances[k], lower=True)
-            except (linalg.LinAlgError, ValueError):
-                raise collapsed(f"component {k}'s covariance is not positive definite: it collapsed onto a "
-                                "lower-dimensional set", k) from None
-            out[k] = linalg.solve_triangular(chol, np.eye(n_features), lower=True).T
-        return out
+        return upper_precision_factors(covariances, lambda k: collapsed(
+            f"component {k}'s covariance is not positive definite: it collapsed onto a lower-dimensional set", k))
     if covariance_type == "tied":
         try:
             chol = linalg.cholesky(covariances, lower=True)

@@ -104,17 +104,8 @@ def stacked_sums(comps_list: list[gk.Components], part: Partition, centre: np.nd
                 if ie.size:
                     LP[ie] = split.coefficients @ G
                 LP[iw] = gk.log_prob_T(prep_w, XcT, ws.wh)
-        if beta != 1.0:
-            LP *= beta
         L3 = LP.reshape(R, K, m)
-        top = L3.max(axis=1)
-        L3 -= top[:, None, :]
-        np.exp(L3, out=L3)
-        total = L3.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            lse = np.log(total, dtype=np.float64) + top
-            if beta != 1.0:
-                lse /= beta  # the tempered free energy per row
+        lse, total = gk.exp_normalised(L3, beta, axis=1)
         if not np.isfinite(lse).all():
             bad = int(np.flatnonzero(~np.isfinite(lse).all(axis=1))[0])
             gk.raise_non_finite(X, a, lse[bad], start)

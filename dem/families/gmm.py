@@ -180,12 +180,6 @@ class GaussianMixture(GaussianMixtureStorage, MixtureMixin, DensityMixin, EMEsti
         if len(ks) > 1 and any(v is not None for v in (self.weights_init, self.means_init, self.precisions_init)):
             raise ConfigError("weights_init/means_init/precisions_init need a single n_components, not a list")
 
-    def _open_data(self, X: Any, *, y: Any, sample_weight: Any, lengths: Any, variable: str | None,
-                   partition_rows: int | None, memory_per_thread: int | None) -> Any:
-        from dem.data.partitions import as_partitioned
-        return as_partitioned(X, sample_weight, partition_rows, variable=variable,
-                              storage_options=self.storage_options, memory_per_thread=memory_per_thread)
-
     def _check_data(self, data: Any) -> None:
         from dem.errors import DataError
 
@@ -240,20 +234,6 @@ class GaussianMixture(GaussianMixtureStorage, MixtureMixin, DensityMixin, EMEsti
         if getattr(self, "model_selection_", None):
             out["model_selection.json"] = self.model_selection_
         return out
-
-    def _verbose_callback(self, data: Any) -> Any:
-        if not self.verbose:
-            return None
-
-        def show(event: str, info: dict) -> None:
-            if event != "iteration":
-                return
-            it = info["iteration"]
-            if it % max(1, self.verbose_interval) == 0 or it == 1:
-                delta = info["delta"] if info["delta"] is not None else float("inf")
-                print(f"init {info['restart']} iteration {it}: mean log-likelihood "
-                      f"{info['objective']:.6f}  Δ {delta:.3g}  {info['seconds']:.2f}s")
-        return show
 
     # -- fitting and the rest of scikit-learn's API ------------------------------------
 
@@ -318,12 +298,6 @@ class GaussianMixture(GaussianMixtureStorage, MixtureMixin, DensityMixin, EMEsti
                                    overwrite=o["overwrite"])
         return (f"{o['n_samples']:,} rows × {o['n_features']} features ({o['dtype']}), {o['n_components']} "
                 f"components, {summary['n_chunks']} chunks, {summary['nbytes'] / 2**20:,.1f} MiB uncompressed")
-
-    def _full_covariances(self) -> np.ndarray:
-        from dem.families.gaussian_params import full_covariances
-
-        p = self._fitted_params()
-        return full_covariances(p.covariances, self.covariance_type, *p.means.shape)
 
     def summary_lines(self) -> list[str]:
         order = np.argsort(-np.asarray(self.weights_))

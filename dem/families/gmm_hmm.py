@@ -19,11 +19,12 @@ from dem.estimator.params import Integral, Interval, Real, StrOptions
 from dem.estimator.sequence import HMMEstimator, check_distribution, kmeans_centres
 from dem.families.base import FlatParameters, Rebasing
 from dem.families.gaussian_params import covariance_from_vector, covariance_to_vector
-from dem.families.hmm import (
-    COVARIANCE_TYPES, ROW_BLOCK, Gaussians, HMMFamily, HMMStats, _finite_block, _ratio_or_previous,
-    check_covariances, packed_outer, shift_moments, simplex_rows_from_vector, simplex_rows_to_vector,
-    transitions_from_vector,
-    transitions_to_vector, unpack_symmetric,
+from dem.families.hmm import HMMFamily, HMMStats, _finite_block, _ratio_or_previous
+from dem.families.hmm_coordinates import (
+    simplex_rows_from_vector, simplex_rows_to_vector, transitions_from_vector, transitions_to_vector,
+)
+from dem.families.hmm_gaussians import (
+    COVARIANCE_TYPES, ROW_BLOCK, Gaussians, check_covariances, packed_outer, shift_moments, unpack_symmetric,
 )
 
 
@@ -102,10 +103,7 @@ class GMMHMMFamily(HMMFamily, FlatParameters, Rebasing):
     params_type = GMMHMMParams
 
     def check_block(self, params: GMMHMMParams | None, X: np.ndarray, row_offset: int) -> np.ndarray:
-        X = _finite_block(X, row_offset)
-        if params is not None and X.shape[1] != params.means.shape[2]:
-            raise DataError(f"X has {X.shape[1]} features but the model has {params.means.shape[2]}")
-        return X
+        return _finite_block(X, row_offset, params)
 
     def prepare(self, params: GMMHMMParams) -> _GMMPrep:
         K, M, D = params.means.shape

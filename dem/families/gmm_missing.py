@@ -59,6 +59,14 @@ about 13); ``reg_covar`` bounds it.
 covariance the conditional mean is ``μ_m`` and the conditional variance
 ``σ²_m``, so a block needs only masked elementwise work.
 
+Where the pieces are: the per-block linear algebra (preparation, pattern
+grouping, the ``s × s`` systems) is :mod:`dem.families.missing_patterns`;
+filling missing coordinates (the initialisation's centre fill, imputation
+and multiple-imputation draws) :mod:`dem.families.missing_imputation`; the
+parameter count and the abilities annealing, SQUAREM and online EM use are
+shared with the complete-data family
+(:class:`~dem.families.gaussian_mixture.GaussianMixtureAbilities`).
+
 Cost: at N = 200 000, D = 16, K = 8, full, 20 % of entries missing (3 % of
 rows complete, ~10 000 distinct patterns per 100 000 rows) an iteration
 takes 3–5× the complete-data one (2× for diag); see
@@ -68,31 +76,34 @@ takes 3–5× the complete-data one (2× for diag); see
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from dem.data.record import Partition
 from dem.errors import DataError
-from dem.families.base import Family, FlatParameters, Note, Rebasing, Tempering
-from dem.families.gaussian_params import GMMParams, precisions_from_cholesky
+from dem.families import missing_imputation
+from dem.families.base import Family, Note
 from dem.families.gaussian_mixture import (
     CovarianceType,
+    GaussianMixtureAbilities,
     GaussianMixtureFamily,
     GMMStats,
     empty_notes,
-    gmm_from_vector,
-    gmm_to_vector,
-    n_mixture_parameters,
-    perturb_means,
     random_responsibilities,
-    rebase_moments,
 )
-from dem.families.gaussian_kernel import LOG_2PI as _LOG_2PI
+from dem.families.gaussian_params import GMMParams
+from dem.families.missing_imputation import centre_filled
 from dem.families.missing_patterns import (
-    _BlockResult, _checked_weights, _log_sum_exp, _pattern_keys, _PatternGroup, _Prepared, _raise_inf,
-    _row_blocks,
-    _spd_inverse, _sum_by_pattern, pattern_order,
+    _BlockResult,
+    _checked_weights,
+    _log_sum_exp,
+    _Prepared,
+    _raise_inf,
+    _sum_by_pattern,
+    incomplete_block,
+    incomplete_blocks,
+    prepare,
 )
 
 
@@ -125,7 +136,19 @@ class MissingGMMStats(GMMStats):
 
 
 @dataclasses.dataclass(frozen=True)
-class MissingDataGaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasing):
+class _SplitPart:
+    """A partition holding NaN: its rows by what they miss, and the complete rows' statistics."""
+
+    X: np.ndarray
+    missing: np.ndarray                  # (n, D) bool
+    incomplete: np.ndarray               # rows missing some, not all, coordinates
+    n_empty: int                         # rows missing every coordinate
+    weights: np.ndarray | None           # checked sample weights of all rows
+    complete_stats: GMMStats | None      # the complete-data family's, of the rows missing nothing
+
+
+@dataclasses.dataclass(frozen=True)
+class MissingDataGaussianMixtureFamily(GaussianMixtureAbilities, Family):
     """Gaussian mixture over rows with missing coordinates (NaN), as pure functions.
 
     Parameters
@@ -169,91 +192,6 @@ class MissingDataGaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasi
     def _diagonal(self) -> bool:
         return self.covariance_type in ("diag", "spherical")
 
-    # -- per-parameter preparation ----------------------------------------
-
-    def _prepare(self, params: GMMParams) -> _Prepared:
-        ct = self.covariance_type
-        K, D = params.means.shape
-        shift = params.shift
-        with np.errstate(divide="ignore"):
-            log_weights = np.log(params.weights)
-        pc = np.asarray(params.precisions_cholesky, dtype=np.float64)
-        cov = np.asarray(params.covariances, dtype=np.float64)
-        if ct in ("full", "tied"):
-            prec = precisions_from_cholesky(pc, ct)
-            if ct == "tied":
-                prec = np.broadcast_to(prec, (K, D, D))
-                pc = np.broadcast_to(pc, (K, D, D))
-                cov = np.broadcast_to(cov, (K, D, D))
-            # log det Σ = −2 Σ log diag(U), U the precision's Cholesky factor.
-            log_det = -2.0 * np.log(np.diagonal(pc, axis1=1, axis2=2)).sum(axis=1)
-            variances = np.diagonal(cov, axis1=1, axis2=2)
-            return _Prepared(shift, params.means - shift, log_weights, np.ascontiguousarray(prec),
-                             np.ascontiguousarray(variances), log_det, False)
-        var = cov if ct == "diag" else np.repeat(cov[:, None], D, axis=1)
-        return _Prepared(shift, params.means - shift, log_weights, 1.0 / var, var,
-                         np.log(var).sum(axis=1), True)
-
-    # -- one block of incomplete rows --------------------------------------
-
-    def _block(self, prep: _Prepared, Xb: np.ndarray, Mb: np.ndarray) -> _BlockResult:
-        """Marginal log-densities and conditional means of rows ``Xb`` (float64, each with NaN)."""
-        n, D = Xb.shape
-        # x − μ_k as (x − c) − (μ_k − c): rounding grows only linearly with |μ_k − c|.
-        X0c = np.where(Mb, 0.0, Xb - prep.shift)
-        dev = X0c[None, :, :] - prep.centred_means[:, None, :]
-        dev *= ~Mb                           # d_k: x − μ_k, 0 at missing coordinates
-        n_obs = (D - Mb.sum(axis=1)).astype(np.float64)
-        if prep.diagonal:
-            maha = np.einsum("knd,knd,kd->kn", dev, dev, prep.precisions)
-            log_det = np.log(prep.variances) @ (~Mb).T.astype(np.float64)   # (K, n) log det Σ_oo
-            log_prob = prep.log_weights[:, None] - 0.5 * (n_obs * _LOG_2PI + log_det + maha)
-            return _BlockResult(log_prob, dev, [], Mb)
-
-        prec = prep.precisions
-        V = np.matmul(dev, prec)             # Λ_k d_k (Λ symmetric)
-        maha = np.einsum("knd,knd->kn", dev, V)
-        log_det = np.repeat(prep.log_det_cov[:, None], n, axis=1)
-        groups = []
-        _, first, inverse = np.unique(_pattern_keys(Mb), return_index=True, return_inverse=True)
-        inverse = inverse.ravel()
-        pat_masks = Mb[first]
-        pat_s = pat_masks.sum(axis=1)
-        row_s = pat_s[inverse]
-        local = np.empty(len(first), dtype=np.intp)
-        for s in np.unique(pat_s):
-            s = int(s)
-            pats = np.flatnonzero(pat_s == s)
-            local[pats] = np.arange(len(pats))
-            midx = np.nonzero(pat_masks[pats])[1].reshape(len(pats), s)
-            # A = Λ_mm for every (pattern, component): one batched factorisation.
-            A = prec[:, midx[:, :, None], midx[:, None, :]].transpose(1, 0, 2, 3)
-            cond_cov, log_det_A = _spd_inverse(A)
-            rows = np.flatnonzero(row_s == s)
-            p = local[inverse[rows]]
-            cols = midx[p]
-            b = V[:, rows[:, None], cols]                      # (K, n_s, s)
-            cv = np.einsum("nkij,knj->kni", cond_cov[p], b)    # A⁻¹ b
-            maha[:, rows] -= (b * cv).sum(axis=2)
-            log_det[:, rows] += log_det_A[p].T
-            dev[:, rows[:, None], cols] = -cv                  # E[x_m | x_o] − μ_m = −A⁻¹ b
-            groups.append(_PatternGroup(rows, p, midx, cond_cov))
-        np.maximum(maha, 0.0, out=maha)
-        log_prob = prep.log_weights[:, None] - 0.5 * (n_obs * _LOG_2PI + log_det + maha)
-        return _BlockResult(log_prob, dev, groups, Mb)
-
-    def _incomplete_blocks(self, X: np.ndarray, missing: np.ndarray,
-                           rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """``(row indices, float64 rows, mask)`` per block, rows grouped by pattern."""
-        if rows.size == 0:
-            return
-        if not self._diagonal:
-            rows = rows[pattern_order(missing[rows])]
-        step = _row_blocks(self.n_components, X.shape[1])
-        for a in range(0, rows.size, step):
-            idx = rows[a : a + step]
-            yield idx, np.asarray(X[idx], dtype=np.float64), missing[idx]
-
     # -- statistics --------------------------------------------------------
 
     def _new_acc(self, D: int) -> dict:
@@ -291,9 +229,9 @@ class MissingDataGaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasi
             for k in range(K):
                 flat[k] += np.bincount(where, weights=contrib[k].ravel(), minlength=D * D)
 
-    def _finish(self, acc: dict, base: GMMStats | None, n_empty: int,
-                observed_count: np.ndarray) -> MissingGMMStats:
+    def _finish(self, acc: dict, split: _SplitPart) -> MissingGMMStats:
         """Convert the accumulator to the covariance type's layout and add the complete rows."""
+        base = split.complete_stats
         ct = self.covariance_type
         S2 = acc["second_moment"]
         if ct == "tied":
@@ -307,8 +245,8 @@ class MissingDataGaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasi
             fields = {k: getattr(base, k) + v for k, v in fields.items()}
         return MissingGMMStats(
             **{k: (float(v) if np.ndim(v) == 0 else v) for k, v in fields.items()},
-            n_empty_rows=float(n_empty),
-            observed_count=np.asarray(observed_count, dtype=np.float64),
+            n_empty_rows=float(split.n_empty),
+            observed_count=np.asarray(split.X.shape[0] - split.missing.sum(axis=0), dtype=np.float64),
             n_missing=float(acc["n_missing"]),
         )
 
@@ -322,16 +260,32 @@ class MissingDataGaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasi
         """The monoid's zero."""
         return self._wrap(self.complete_model.zero_stats(n_features), n_features).zero()
 
-    def _split(self, X: np.ndarray, row_offset: int) -> tuple[np.ndarray, ...] | None:
-        """``(mask, complete rows, incomplete non-empty rows, empty rows)``, or None without NaN."""
+    def _incomplete_blocks(self, X: np.ndarray, missing: np.ndarray,
+                           rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return incomplete_blocks(X, missing, rows, self.n_components, self._diagonal)
+
+    def _split(self, part: Partition, complete_stats: Callable[[Partition], GMMStats]
+               ) -> MissingGMMStats | _SplitPart:
+        """``part``'s rows by what they miss, with the complete rows' statistics from ``complete_stats``.
+
+        Without NaN, the statistics of the whole partition: exactly the
+        complete-data family's (which also report inf).
+        """
+        X = np.asarray(part.X)
         M = np.isnan(X)
         if not M.any():
-            return None
-        _raise_inf(X, row_offset)
+            return self._wrap(complete_stats(part), X.shape[1])
+        _raise_inf(X, part.start)
         count = M.sum(axis=1)
         D = X.shape[1]
-        return (M, np.flatnonzero(count == 0), np.flatnonzero((count > 0) & (count < D)),
-                np.flatnonzero(count == D))
+        complete = np.flatnonzero(count == 0)
+        w_all = _checked_weights(part.weights, part.start)
+        base_stats = None
+        if complete.size:
+            base_stats = complete_stats(Partition(X[complete], None if w_all is None else w_all[complete],
+                                                  start=part.start))
+        return _SplitPart(X, M, np.flatnonzero((count > 0) & (count < D)), int((count == D).sum()), w_all,
+                          base_stats)
 
     def e_step(self, params: GMMParams, part: Partition) -> MissingGMMStats:
         """Expected statistics of one partition under ``params``.
@@ -342,39 +296,28 @@ class MissingDataGaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasi
             If the block holds inf (naming the global row and feature), or a
             sample weight is negative or not finite.
         """
-        X = np.asarray(part.X)
-        row_offset = part.start
-        n, D = X.shape
-        base = self.complete_model
-        split = self._split(X, row_offset)
-        if split is None:
-            # No NaN: exactly the complete-data E-step (which also reports inf).
-            return self._wrap(base.e_step(params, part), D)
-        M, complete, incomplete, empty = split
-        w_all = _checked_weights(part.weights, row_offset)
-        base_stats = None
-        if complete.size:
-            base_stats = base.e_step(params, Partition(X[complete], None if w_all is None else w_all[complete],
-                                                       start=row_offset))
-        prep = self._prepare(params)
-        acc = self._new_acc(D)
-        for idx, Xb, Mb in self._incomplete_blocks(X, M, incomplete):
-            blk = self._block(prep, Xb, Mb)
+        split = self._split(part, lambda p: self.complete_model.e_step(params, p))
+        if isinstance(split, MissingGMMStats):
+            return split
+        prep = prepare(params, self.covariance_type)
+        acc = self._new_acc(split.X.shape[1])
+        for idx, Xb, Mb in self._incomplete_blocks(split.X, split.missing, split.incomplete):
+            blk = incomplete_block(prep, Xb, Mb)
             lp = blk.log_prob if self.beta == 1.0 else self.beta * blk.log_prob
             lse = _log_sum_exp(lp)
             if not np.isfinite(lse).all():
                 row = int(idx[np.flatnonzero(~np.isfinite(lse))[0]])
-                raise DataError(f"the log-density of row {row_offset + row} is not finite "
+                raise DataError(f"the log-density of row {part.start + row} is not finite "
                                 "(values too large for float64?); scale the input data")
             R = np.exp(lp - lse)
             if self.beta != 1.0:
                 lse = lse / self.beta  # the tempered free energy per row
-            w = None if w_all is None else w_all[idx]
+            w = None if split.weights is None else split.weights[idx]
             acc["log_likelihood"] += float(lse.sum() if w is None else lse @ w)
             if w is not None:
                 R *= w
             self._accumulate(acc, prep, blk, R, w)
-        return self._finish(acc, base_stats, empty.size, n - M.sum(axis=0))
+        return self._finish(acc, split)
 
     def assignment_stats(self, params: GMMParams, part: Partition, responsibilities: str = "nearest",
                          seed: int = 0) -> MissingGMMStats:
@@ -383,50 +326,28 @@ class MissingDataGaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasi
         Complete rows are handled by the complete-data model. An incomplete
         row goes to the centre nearest on its observed coordinates (or gets
         random responsibilities keyed by (seed, global row)); its missing coordinates are filled with that
-        centre's coordinates and the diagonal of ``params``' covariances is
-        added as their conditional variance, which is exact for the
+        centre's coordinates (:func:`~dem.families.missing_imputation.centre_filled`) and the diagonal
+        of ``params``' covariances is added as their conditional variance, which is exact for the
         diagonal starting covariances the estimator uses.
         """
-        X = np.asarray(part.X)
-        row_offset = part.start
-        n, D = X.shape
-        base = self.complete_model
-        split = self._split(X, row_offset)
-        if split is None:
-            return self._wrap(base.assignment_stats(params, part, responsibilities, seed), D)
-        M, complete, incomplete, empty = split
-        w_all = _checked_weights(part.weights, row_offset)
-        base_stats = None
-        if complete.size:
-            base_stats = base.assignment_stats(
-                params, Partition(X[complete], None if w_all is None else w_all[complete], start=row_offset),
-                responsibilities, seed)
-        prep = self._prepare(params)
+        split = self._split(part, lambda p: self.complete_model.assignment_stats(params, p, responsibilities, seed))
+        if isinstance(split, MissingGMMStats):
+            return split
+        X = split.X
+        D = X.shape[1]
+        prep = prepare(params, self.covariance_type)
         acc = self._new_acc(D)
-        K = self.n_components
-        cm = prep.centred_means
-        R_random = random_responsibilities(seed, X, K) if responsibilities == "random" else None
-        for idx, Xb, Mb in self._incomplete_blocks(X, M, incomplete):
-            m = len(idx)
-            X0c = np.where(Mb, 0.0, Xb - prep.shift)
-            Mf = Mb.astype(np.float64)
-            if responsibilities == "nearest":
-                # Squared distance on the observed coordinates, less Σ_o x² (the same for every k).
-                dist = (1.0 - Mf) @ (cm * cm).T - 2.0 * (X0c @ cm.T)
-                R = np.zeros((K, m))
-                R[dist.argmin(axis=1), np.arange(m)] = 1.0
-            else:
-                R = R_random[:, idx]
-            w = None if w_all is None else w_all[idx]
+        R_random = random_responsibilities(seed, X, self.n_components) if responsibilities == "random" else None
+        for idx, Xb, Mb in self._incomplete_blocks(X, split.missing, split.incomplete):
+            R, dev = centre_filled(prep, Xb, Mb, None if responsibilities == "nearest" else R_random[:, idx])
+            w = None if split.weights is None else split.weights[idx]
             if w is not None:
                 R *= w
-            dev = X0c[None, :, :] - cm[:, None, :]
-            dev *= ~Mb
             self._accumulate(acc, prep, _BlockResult(R, dev, [], Mb), R, w)
             if not prep.diagonal:
                 j = np.arange(D)
-                acc["second_moment"][:, j, j] += (R @ Mf) * prep.variances
-        return self._finish(acc, base_stats, empty.size, n - M.sum(axis=0))
+                acc["second_moment"][:, j, j] += (R @ Mb.astype(np.float64)) * prep.variances
+        return self._finish(acc, split)
 
     # -- per-row functions (prediction, imputation) -----------------------
 
@@ -445,83 +366,21 @@ class MissingDataGaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasi
         out = np.empty((X.shape[0], self.n_components))
         if complete.any():
             out[complete] = base.weighted_log_prob(params, X[complete])
-        prep = self._prepare(params)
+        prep = prepare(params, self.covariance_type)
         for idx, Xb, Mb in self._incomplete_blocks(X, M, np.flatnonzero(~complete)):
-            out[idx] = self._block(prep, Xb, Mb).log_prob.T
+            out[idx] = incomplete_block(prep, Xb, Mb).log_prob.T
         return out
 
-    def impute(
-        self,
-        params: GMMParams,
-        X: np.ndarray,
-        n_draws: int = 0,
-        rng: np.random.Generator | None = None,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    def impute(self, params: GMMParams, X: np.ndarray, n_draws: int = 0, rng: np.random.Generator | None = None
+               ) -> tuple[np.ndarray, np.ndarray | None]:
         """Conditional expectation of the missing entries, and optional draws.
 
-        Parameters
-        ----------
-        params : GMMParams
-        X : ndarray of shape (n, D)
-            Rows with NaN at the missing entries.
-        n_draws : int
-            Multiple-imputation draws: for each draw and row, a component is
-            drawn from the row's responsibilities ``r_k(x_o)``, then ``x_m``
-            from that component's conditional Gaussian.
-        rng : numpy Generator, needed when ``n_draws > 0``
-
-        Returns
-        -------
-        expectation : ndarray of shape (n, D), dtype of ``X`` (float64 for integer input)
-            ``X`` with every NaN replaced by ``E[x_m | x_o] = Σ_k r_k(x_o) x̂_k,m``;
-            observed entries are copied bit for bit.
-        draws : ndarray of shape (n_draws, n, D), or None when ``n_draws == 0``
+        See :func:`dem.families.missing_imputation.impute` (numpydoc there).
         """
-        X = np.asarray(X)
-        dtype = X.dtype if np.issubdtype(X.dtype, np.floating) else np.dtype(np.float64)
-        expectation = np.array(X, dtype=dtype, copy=True)
-        draws = None
-        if n_draws > 0:
-            if rng is None:
-                raise ValueError("n_draws > 0 needs a random generator")
-            draws = np.repeat(expectation[None], n_draws, axis=0)
-        M = np.isnan(X) if np.issubdtype(X.dtype, np.floating) else np.zeros(X.shape, bool)
-        if not M.any():
-            return expectation, draws
-        _raise_inf(X, 0)
-        rows = np.flatnonzero(M.any(axis=1))
-        prep = self._prepare(params)
-        K, D = params.means.shape
-        for idx, Xb, Mb in self._incomplete_blocks(X, M, rows):
-            blk = self._block(prep, Xb, Mb)
-            R = np.exp(blk.log_prob - _log_sum_exp(blk.log_prob))        # (K, n)
-            mean = R.T @ params.means + np.einsum("kn,knd->nd", R, blk.dev)
-            rr, cc = np.nonzero(Mb)
-            expectation[idx[rr], cc] = mean[rr, cc]
-            for t in range(n_draws):
-                # Component from the responsibilities, then the conditional Gaussian.
-                u = rng.random(len(idx))
-                comp = np.minimum((np.cumsum(R, axis=0) < u[None, :]).sum(axis=0), K - 1)
-                z = rng.standard_normal((len(idx), D))
-                x = params.means[comp] + blk.dev[comp, np.arange(len(idx))]
-                x += self._conditional_noise(prep, blk, comp, z)
-                draws[t, idx[rr], cc] = x[rr, cc]
-        return expectation, draws
+        return missing_imputation.impute(params, self.covariance_type, X, n_draws, rng,
+                                         n_components=self.n_components)
 
-    def _conditional_noise(self, prep: _Prepared, blk: _BlockResult, comp: np.ndarray,
-                           z: np.ndarray) -> np.ndarray:
-        """``x_m − x̂_m`` ~ N(0, conditional covariance of ``comp``), 0 at observed coordinates."""
-        noise = np.zeros_like(z)
-        if prep.diagonal:
-            return np.where(blk.missing, np.sqrt(prep.variances[comp]) * z, 0.0)
-        for g in blk.groups:
-            # L Lᵀ = conditional covariance ⇒ L z has that covariance.
-            L = np.linalg.cholesky(g.cond_cov[g.pattern, comp[g.rows]])   # (n_s, s, s)
-            zs = z[g.rows][:, : g.missing_idx.shape[1]]
-            noise[g.rows[:, None], g.missing_idx[g.pattern]] = np.einsum("nij,nj->ni", L, zs)
-        return noise
-
-    # -- M-step and parameter helpers -------------------------------------
+    # -- M-step, notes, densities ------------------------------------------
 
     def m_step(self, stats: MissingGMMStats, params: GMMParams) -> GMMParams:
         """New parameters from the expected statistics (the complete-data M-step).
@@ -545,10 +404,6 @@ class MissingDataGaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasi
                             "drop it before fitting")
         return self.complete_model.m_step(stats.complete_stats(), params)
 
-    def params_from(self, weights: Any, means: Any, covariances: Any = None, precisions: Any = None) -> GMMParams:
-        """Validated parameters, as :meth:`GaussianMixtureFamily.params_from`."""
-        return self.complete_model.params_from(weights, means, covariances, precisions)
-
     def notes(self, stats: MissingGMMStats, params: GMMParams) -> list[Note]:
         """Empty components, and rows with nothing observed."""
         notes = empty_notes(stats)
@@ -559,26 +414,5 @@ class MissingDataGaussianMixtureFamily(Family, Tempering, FlatParameters, Rebasi
                               "and {} left out".format("were" if n_empty != 1 else "was")))
         return notes
 
-    def n_parameters(self, n_features: int) -> int:
-        """Number of free parameters (for BIC/AIC), as for the complete-data model."""
-        return n_mixture_parameters(self.covariance_type, self.n_components, n_features)
-
     def log_density(self, params: GMMParams, part: Partition) -> np.ndarray:
         return _log_sum_exp(self.weighted_log_prob(params, part.X).T)
-
-    # -- abilities -----------------------------------------------------------------
-
-    def tempered(self, beta: float) -> "MissingDataGaussianMixtureFamily":
-        return dataclasses.replace(self, beta=float(beta))
-
-    def perturb(self, params: GMMParams, rng: np.random.Generator) -> GMMParams:
-        return perturb_means(params, self.covariance_type, rng)
-
-    def to_vector(self, params: GMMParams) -> np.ndarray:
-        return gmm_to_vector(params, self.covariance_type)
-
-    def from_vector(self, vector: np.ndarray, like: GMMParams) -> GMMParams:
-        return gmm_from_vector(vector, like, self.covariance_type)
-
-    def rebase(self, stats: MissingGMMStats, old: GMMParams, new: GMMParams) -> MissingGMMStats:
-        return rebase_moments(stats, old.means, new.means, self.covariance_type)

@@ -3,17 +3,23 @@
 Rows are grouped by which coordinates are missing (a pattern); per pattern
 the E-step needs the missing block of each component's precision, its
 inverse (the conditional covariance) and log-determinant. These helpers
-group rows, order them deterministically, and invert many small SPD
-matrices at once. Pure numpy; used by :mod:`dem.families.gmm_missing`.
+group rows, order them deterministically, invert many small SPD matrices at
+once, and turn a block of incomplete rows into marginal log-densities and
+conditional means (:func:`incomplete_block`; the identities are in
+:mod:`dem.families.gmm_missing`'s docstring). Pure numpy; used by
+:mod:`dem.families.gmm_missing` and :mod:`dem.families.missing_imputation`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Iterator
 
 import numpy as np
 
 from dem.errors import DataError
+from dem.families.gaussian_kernel import LOG_2PI as _LOG_2PI
+from dem.families.gaussian_params import GMMParams, precisions_from_cholesky
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,3 +168,91 @@ def _checked_weights(sample_weight: np.ndarray | None, row_offset: int) -> np.nd
         i = int(np.flatnonzero(bad)[0])
         raise DataError(f"sample weight at row {row_offset + i} is {w[i]!r}; weights must be finite and >= 0")
     return w
+
+
+# -- blocks of incomplete rows ---------------------------------------------------
+
+
+def prepare(params: GMMParams, covariance_type: str) -> _Prepared:
+    """What the incomplete rows of every block need from ``params``."""
+    ct = covariance_type
+    K, D = params.means.shape
+    shift = params.shift
+    with np.errstate(divide="ignore"):
+        log_weights = np.log(params.weights)
+    pc = np.asarray(params.precisions_cholesky, dtype=np.float64)
+    cov = np.asarray(params.covariances, dtype=np.float64)
+    if ct in ("full", "tied"):
+        prec = precisions_from_cholesky(pc, ct)
+        if ct == "tied":
+            prec = np.broadcast_to(prec, (K, D, D))
+            pc = np.broadcast_to(pc, (K, D, D))
+            cov = np.broadcast_to(cov, (K, D, D))
+        # log det Σ = −2 Σ log diag(U), U the precision's Cholesky factor.
+        log_det = -2.0 * np.log(np.diagonal(pc, axis1=1, axis2=2)).sum(axis=1)
+        variances = np.diagonal(cov, axis1=1, axis2=2)
+        return _Prepared(shift, params.means - shift, log_weights, np.ascontiguousarray(prec),
+                         np.ascontiguousarray(variances), log_det, False)
+    var = cov if ct == "diag" else np.repeat(cov[:, None], D, axis=1)
+    return _Prepared(shift, params.means - shift, log_weights, 1.0 / var, var,
+                     np.log(var).sum(axis=1), True)
+
+
+def incomplete_block(prep: _Prepared, Xb: np.ndarray, Mb: np.ndarray) -> _BlockResult:
+    """Marginal log-densities and conditional means of rows ``Xb`` (float64, each with NaN)."""
+    n, D = Xb.shape
+    # x − μ_k as (x − c) − (μ_k − c): rounding grows only linearly with |μ_k − c|.
+    X0c = np.where(Mb, 0.0, Xb - prep.shift)
+    dev = X0c[None, :, :] - prep.centred_means[:, None, :]
+    dev *= ~Mb                           # d_k: x − μ_k, 0 at missing coordinates
+    n_obs = (D - Mb.sum(axis=1)).astype(np.float64)
+    if prep.diagonal:
+        maha = np.einsum("knd,knd,kd->kn", dev, dev, prep.precisions)
+        log_det = np.log(prep.variances) @ (~Mb).T.astype(np.float64)   # (K, n) log det Σ_oo
+        log_prob = prep.log_weights[:, None] - 0.5 * (n_obs * _LOG_2PI + log_det + maha)
+        return _BlockResult(log_prob, dev, [], Mb)
+
+    prec = prep.precisions
+    V = np.matmul(dev, prec)             # Λ_k d_k (Λ symmetric)
+    maha = np.einsum("knd,knd->kn", dev, V)
+    log_det = np.repeat(prep.log_det_cov[:, None], n, axis=1)
+    groups = []
+    _, first, inverse = np.unique(_pattern_keys(Mb), return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    pat_masks = Mb[first]
+    pat_s = pat_masks.sum(axis=1)
+    row_s = pat_s[inverse]
+    local = np.empty(len(first), dtype=np.intp)
+    for s in np.unique(pat_s):
+        s = int(s)
+        pats = np.flatnonzero(pat_s == s)
+        local[pats] = np.arange(len(pats))
+        midx = np.nonzero(pat_masks[pats])[1].reshape(len(pats), s)
+        # A = Λ_mm for every (pattern, component): one batched factorisation.
+        A = prec[:, midx[:, :, None], midx[:, None, :]].transpose(1, 0, 2, 3)
+        cond_cov, log_det_A = _spd_inverse(A)
+        rows = np.flatnonzero(row_s == s)
+        p = local[inverse[rows]]
+        cols = midx[p]
+        b = V[:, rows[:, None], cols]                      # (K, n_s, s)
+        cv = np.einsum("nkij,knj->kni", cond_cov[p], b)    # A⁻¹ b
+        maha[:, rows] -= (b * cv).sum(axis=2)
+        log_det[:, rows] += log_det_A[p].T
+        dev[:, rows[:, None], cols] = -cv                  # E[x_m | x_o] − μ_m = −A⁻¹ b
+        groups.append(_PatternGroup(rows, p, midx, cond_cov))
+    np.maximum(maha, 0.0, out=maha)
+    log_prob = prep.log_weights[:, None] - 0.5 * (n_obs * _LOG_2PI + log_det + maha)
+    return _BlockResult(log_prob, dev, groups, Mb)
+
+
+def incomplete_blocks(X: np.ndarray, missing: np.ndarray, rows: np.ndarray, n_components: int,
+                      diagonal: bool) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(row indices, float64 rows, mask)`` per block of ``rows``, grouped by pattern unless ``diagonal``."""
+    if rows.size == 0:
+        return
+    if not diagonal:
+        rows = rows[pattern_order(missing[rows])]
+    step = _row_blocks(n_components, X.shape[1])
+    for a in range(0, rows.size, step):
+        idx = rows[a : a + step]
+        yield idx, np.asarray(X[idx], dtype=np.float64), missing[idx]

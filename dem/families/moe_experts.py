@@ -33,6 +33,7 @@ import numpy as np
 from scipy import linalg
 
 from dem.errors import CollapsedComponentError
+from dem.families.gaussian_params import upper_precision_factors
 from dem.families.moe_gate import ridge_mask, solve_psd
 from dem.families.moe_kernel import LOG_2PI, Prepared
 
@@ -131,15 +132,8 @@ def precision_whitening(covariances: np.ndarray, covariance_type: str) -> tuple[
             raise CollapsedComponentError(f"expert {k}'s noise variance is not positive; increase reg_covar")
         U = 1.0 / np.sqrt(covariances)
         return U, np.log(U).sum(axis=1)
-    K, T, _ = covariances.shape
-    U = np.empty_like(covariances)
-    for k in range(K):
-        try:
-            L = linalg.cholesky(covariances[k], lower=True)
-        except (linalg.LinAlgError, ValueError):
-            raise CollapsedComponentError(f"expert {k}'s noise covariance is not positive definite; "
-                                          "increase reg_covar or decrease n_experts") from None
-        U[k] = linalg.solve_triangular(L, np.eye(T), lower=True).T
+    U = upper_precision_factors(covariances, lambda k: CollapsedComponentError(
+        f"expert {k}'s noise covariance is not positive definite; increase reg_covar or decrease n_experts"))
     return U, np.log(np.diagonal(U, axis1=1, axis2=2)).sum(axis=1)
 
 

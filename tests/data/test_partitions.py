@@ -282,7 +282,7 @@ def test_negative_tol(X):
     ("gs://bucket/Data/../good.zarr", "gs://bucket/Data/../good.zarr"),  # '..' is part of an object key
 ])
 def test_normalise_location(tmp_path, monkeypatch, spelling, expected):
-    from dem.data.partitions import normalise_location
+    from dem.data.row_sources import normalise_location
 
     monkeypatch.chdir(tmp_path)
     cwd = str(tmp_path)

@@ -17,7 +17,7 @@ import zarr
 from sklearn.exceptions import ConvergenceWarning
 
 import dem
-from dem.data import partitions as P
+from dem.data import row_sources as P
 from dem.data.partitions import as_partitioned
 from dem.engine import tasks
 from dem.engine.executor import Evaluation, Executor

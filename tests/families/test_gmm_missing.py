@@ -23,7 +23,7 @@ from dem.engine.monitor import ObjectiveDecreasedWarning
 from dem.errors import ConfigError, DataError
 from dem.data.record import Partition
 from dem.families.gmm_missing import MissingDataGaussianMixtureFamily as MissingDataGaussianMixtureModel
-from dem.families.gmm_missing import pattern_order
+from dem.families.missing_patterns import pattern_order
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 FITTED = ("weights_", "means_", "covariances_", "precisions_cholesky_")

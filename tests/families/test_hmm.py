@@ -22,7 +22,7 @@ from dem.families.gaussian_hmm import GaussianHMMFamily as GaussianHMMModel
 from dem.families.gaussian_hmm import GaussianHMMParams
 from dem.families.gmm_hmm import GMMHMMFamily as GMMHMMModel
 from dem.families.gmm_hmm import GMMHMMParams
-from dem.families.hmm import Gaussians, unpack_symmetric
+from dem.families.hmm_gaussians import Gaussians, unpack_symmetric
 
 hmmlearn_hmm = pytest.importorskip("hmmlearn.hmm")
 hmmlearn_stats = pytest.importorskip("hmmlearn.stats")
