@@ -94,13 +94,12 @@ def test_losing_the_scheduler_mid_fit_is_one_line_with_the_resume_command(tmp_pa
         "data": {"path": str(tmp_path / "mix.zarr")}, "model": {"n_components": 2},
         "fit": {"max_iter": 40, "tol": 0.0, "random_state": 0, "partition_rows": 1_000},
         "output": {"run_dir": "run"}}))
-    # The client retries a lost scheduler for distributed's connect timeout (30 s by default)
-    # before it gives up; a shorter one gives the same message sooner.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning",
-           "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     run = tmp_path / "run"
     with procs.real_cluster(tmp_path / "first", n_workers=1) as cluster:
-        fit = subprocess.Popen([sys.executable, "-m", "dem.cli", "fit", "--set", f"cluster.address={cluster.address}"],
+        # The client waits cluster.connect_timeout for a lost scheduler to come back before it gives up.
+        fit = subprocess.Popen([sys.executable, "-m", "dem.cli", "fit", "--set", f"cluster.address={cluster.address}",
+                                "--set", "cluster.connect_timeout=2"],
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
             for line in fit.stdout:

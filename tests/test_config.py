@@ -296,3 +296,10 @@ def test_embedded_cluster_listens_on_loopback_by_default(tmp_path: Path) -> None
     assert cfg.cluster.host == "0.0.0.0" and cfg.cluster.dashboard_address == "0.0.0.0:8787"
     msg = error_of(tmp_path, "data: {path: d.zarr}\n", ["cluster.dashboard_address=8787"])
     assert msg.startswith("cluster.dashboard_address must be null or host:port")
+
+
+def test_connect_timeout_is_a_positive_number_of_seconds(tmp_path: Path) -> None:
+    assert "cluster.connect_timeout must be a finite number >= 0.1" in error_of(
+        tmp_path, "data: {path: d.zarr}\ncluster: {address: 'tcp://127.0.0.1:8786', connect_timeout: 0}\n")
+    cfg = config_from_dict({"data": {"path": "d.zarr"}, "cluster": {"connect_timeout": "2.5"}})
+    assert cfg.cluster.connect_timeout == 2.5

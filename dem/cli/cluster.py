@@ -42,7 +42,7 @@ def _start_cluster(cfg: Config) -> Cluster:
             security = Security(tls_ca_file=c.security.tls_ca_file, tls_client_cert=c.security.tls_client_cert,
                                 tls_client_key=c.security.tls_client_key, require_encryption=True)
         try:
-            client = Client(c.address, security=security, timeout="20s")
+            client = Client(c.address, security=security, timeout=c.connect_timeout)
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"cannot connect to the Dask scheduler at cluster.address={c.address!r}: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

@@ -169,6 +169,9 @@ class ClusterConfig:
                                            "`host:port` the embedded dashboard listens on (null: `cluster.host`, a "
                                            "free port); `0.0.0.0:8787` serves it to the network")
     security: SecurityConfig | None = _field(None, lambda v: v, "TLS for a tls:// address")
+    connect_timeout: float = _field(20.0, _float(0.1),
+                                    "seconds to wait for the scheduler at `cluster.address`, and to wait for it "
+                                    "to come back once lost before the fit stops")
 
 
 @dataclasses.dataclass
