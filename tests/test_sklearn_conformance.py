@@ -72,6 +72,7 @@ def test_a_sample_weight_of_w_is_w_copies_of_the_row(kw):
     included, against the rows repeated (and in another order), with every initialisation."""
     from sklearn.utils.estimator_checks import check_sample_weight_equivalence_on_dense_data
 
+    # The check raises AssertionError when the weighted fit differs from the repeated rows.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check_sample_weight_equivalence_on_dense_data("GaussianMixture",

@@ -414,6 +414,7 @@ def _one_line(call, exc, match):
 
 
 def test_bad_input_gives_one_clear_line(blobs):
+    # Each _one_line asserts the exception type, its message and that the message is one line.
     X, _ = blobs
     _one_line(lambda: dem.GaussianMixture(3, learning_method="online", batch_size=0).fit(X), ValueError,
               "batch_size")

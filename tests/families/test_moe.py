@@ -374,6 +374,7 @@ def test_check_estimator(expert):
 
 @pytest.mark.parametrize("expert", ["gaussian", "categorical"])
 def test_sample_weights_equal_repeated_rows_with_one_expert(expert):
+    # scikit-learn's check raises AssertionError when the weighted fit differs from the repeated rows.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check_sample_weight_equivalence_on_dense_data("MixtureOfExperts", MixtureOfExperts(1, expert=expert))
