@@ -135,6 +135,29 @@ def test_info_shows_the_history(fitted_run) -> None:
     assert "model.zarr" in info.stdout
 
 
+def test_info_names_an_algorithm_other_than_plain_em(fitted_run, tmp_path, capsys, monkeypatch) -> None:
+    import shutil
+
+    work, proc = fitted_run
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    shutil.copytree(work / "run", run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    plain = run_main("info", str(run), cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    fit_line = next(line for line in plain.stdout.splitlines() if line.startswith("fit: "))
+    assert fit_line.endswith("random_state 0"), fit_line  # plain EM adds nothing
+    for extra, words in [
+        ({"accelerate": "squarem"}, ", accelerate squarem (max_iter counts passes)"),
+        ({"learning_method": "online", "learning_decay": 0.6, "learning_offset": 10, "batch_size": None},
+         ", online EM (learning_decay 0.6, learning_offset 10, batch_size auto; max_iter counts passes)"),
+        ({"learning_method": "sem+em"}, ", learning_method sem+em"),
+    ]:
+        (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "fit": {**cfg["fit"], **extra}}))
+        info = run_main("info", str(run), cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+        assert info.returncode == 0, info.stderr
+        assert f"{fit_line}{words}" in info.stdout.splitlines(), info.stdout
+
+
 def test_fit_refuses_a_finished_run_with_another_config(fitted_run, capsys, monkeypatch) -> None:
     work, proc = fitted_run
     assert proc.returncode == 0, proc.stderr

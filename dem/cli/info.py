@@ -82,6 +82,24 @@ def _fitted_summary(path: str) -> list[str]:
         return [f"model: cannot be read ({exc})"]
 
 
+def _algorithm(fit: dict) -> str:
+    """The fit line's words for an algorithm other than plain batch EM (empty for plain EM)."""
+    words = []
+    method = fit.get("learning_method") or "batch"
+    if method == "online":
+        size = fit.get("batch_size")
+        words.append(f"online EM (learning_decay {fit.get('learning_decay')}, learning_offset "
+                     f"{fit.get('learning_offset')}, batch_size {size if size is not None else 'auto'}; "
+                     "max_iter counts passes)")
+    elif method != "batch":
+        words.append(f"learning_method {method}")
+    if fit.get("accelerate"):
+        words.append(f"accelerate {fit['accelerate']} (max_iter counts passes)")
+    if fit.get("beta_init") is not None:
+        words.append(f"annealing from beta {fit['beta_init']}")
+    return "".join(f", {w}" for w in words)
+
+
 def _tol_rule(kind: Any) -> str:
     """What fit.tol of ``kind`` is compared with, in words, when it is not the mean change."""
     from dem import registry
@@ -268,7 +286,7 @@ def info(run_dir: str) -> None:
         rule = _tol_rule(m.get("kind", "gmm"))
         on_total = f" ({rule})" if rule else ""
         out.print(f"fit: max_iter {f.get('max_iter')}, tol {f.get('tol')}{on_total}, n_init {f.get('n_init')}, "
-                  f"init {f.get('init_params')}, random_state {f.get('random_state')}")
+                  f"init {f.get('init_params')}, random_state {f.get('random_state')}" + _algorithm(f))
         where = c.get("address") or f"local cluster {c.get('n_workers')}×{c.get('threads_per_worker')} threads"
         out.print(f"cluster: {where}")
     generated = _generated_record(run_dir)
