@@ -517,3 +517,24 @@ def test_score_after_setting_an_invalid_covariance_type_raises_value_error(gauss
     for method in (ours.score, ours.predict, ours.predict_proba):
         with pytest.raises(ValueError, match="The 'covariance_type' parameter of"):
             method(gaussian_X)
+
+
+def test_a_monitor_placed_before_fit_sees_every_iteration(gaussian_X):
+    # hmmlearn's own tests replace monitor_ before fit with a ConvergenceMonitor subclass.
+    from hmmlearn.base import ConvergenceMonitor as HmmlearnMonitor
+
+    class Recording(HmmlearnMonitor):
+        def report(self, log_prob):
+            self.seen = [*getattr(self, "seen", []), log_prob]
+            super().report(log_prob)
+
+    model = GaussianHMM(K, "diag", n_iter=40, tol=0.01, random_state=0)
+    assert (model.monitor_.tol, model.monitor_.n_iter, model.monitor_.iter) == (0.01, 40, 0)
+    model.monitor_ = Recording(model.monitor_.tol, model.monitor_.n_iter, model.monitor_.verbose)
+    placed = model.monitor_
+    model.fit(gaussian_X, LENGTHS)
+    assert model.monitor_ is placed
+    totals = [h["objective"] * len(gaussian_X) for h in model.history_]
+    np.testing.assert_allclose(placed.seen, totals, rtol=1e-12)
+    # hmmlearn's rule on the reported totals agrees with dem's.
+    assert placed.converged == model.converged_ and placed.iter == model.n_iter_

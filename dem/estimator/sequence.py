@@ -306,7 +306,35 @@ class HMMEstimator(HMMOutputs, EMEstimator):
         super()._set_run_attributes(outcome, labels, chosen, data)
         n_features = self.n_features
         self.n_features_in_ = n_features  # set by the template from the data; hmmlearn's is n_features
-        self.monitor_ = self._monitor([r["objective"] * data.n_samples for r in self.history_], self.converged_)
+        totals = [r["objective"] * data.n_samples for r in self.history_]
+        placed = self.__dict__.get("_convergence_monitor")
+        if placed is not None and not isinstance(placed, ConvergenceMonitor) and hasattr(placed, "report"):
+            # A monitor the caller put in place before fit (hmmlearn's ConvergenceMonitor or a
+            # subclass, as hmmlearn's tests do) sees the chosen fit's total log-likelihood at every
+            # iteration, in order, and judges convergence by its own rule.
+            if hasattr(placed, "_reset"):
+                placed._reset()
+            for total in totals:
+                placed.report(total)
+            return
+        self.monitor_ = self._monitor(totals, self.converged_)
+
+    @property
+    def monitor_(self) -> Any:
+        """hmmlearn's convergence monitor: the totals of the fit's iterations (before fit, an empty one).
+
+        As in hmmlearn, a monitor assigned before ``fit`` (for instance a
+        subclass of hmmlearn's ``ConvergenceMonitor``) is reported every
+        iteration's total log-likelihood of the fit.
+        """
+        monitor = self.__dict__.get("_convergence_monitor")
+        if monitor is None:
+            monitor = self.__dict__["_convergence_monitor"] = ConvergenceMonitor(self.tol, self.n_iter, self.verbose)
+        return monitor
+
+    @monitor_.setter
+    def monitor_(self, value: Any) -> None:
+        self.__dict__["_convergence_monitor"] = value
 
     def _monitor(self, history: list[float], converged: bool) -> ConvergenceMonitor:
         monitor = ConvergenceMonitor(self.tol, self.n_iter, self.verbose)
