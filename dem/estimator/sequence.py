@@ -325,7 +325,8 @@ class HMMEstimator(HMMOutputs, EMEstimator):
 
         As in hmmlearn, a monitor assigned before ``fit`` (for instance a
         subclass of hmmlearn's ``ConvergenceMonitor``) is reported every
-        iteration's total log-likelihood of the fit.
+        iteration's total log-likelihood of the fit; dem reports them when
+        the fit ends (iterations run on the cluster, with dem's own rule).
         """
         monitor = self.__dict__.get("_convergence_monitor")
         if monitor is None:
