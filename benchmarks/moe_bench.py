@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import time
@@ -52,17 +51,10 @@ REACHED = 1e-4
 
 
 def machine() -> dict[str, Any]:
-    from threadpoolctl import threadpool_info
+    from benchmarks.machine import blas_libraries, cpu_model
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    blas = [{k: i.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer")}
-            for i in threadpool_info() if i.get("user_api") == "blas"]
-    return {"cpu": cpu, "cores": os.cpu_count(), "blas": blas, "load_average": os.getloadavg()}
+    blas = blas_libraries(("internal_api", "version", "num_threads", "threading_layer"))
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "blas": blas, "load_average": os.getloadavg()}
 
 
 def _peak_rss_mb(dask_worker: Any = None) -> float:

@@ -206,12 +206,9 @@ def machine_info() -> dict[str, Any]:
         except md.PackageNotFoundError:
             return None
 
-    cpu = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        pass
+    from benchmarks.machine import cpu_model
+
+    cpu = cpu_model()
     return {
         "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
         "logical_cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),

@@ -61,19 +61,14 @@ def machine(client: Any = None) -> dict[str, Any]:
     """CPU model, core count and BLAS (threadpoolctl) of the driver and, given a client, its workers."""
     from threadpoolctl import threadpool_info
 
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from benchmarks.machine import cpu_model
 
     def blas() -> list[dict]:
         from threadpoolctl import threadpool_info as info
         return [{k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture", "user_api")}
                 for i in info()]
 
-    out = {"cpu": model, "cpus": os.cpu_count(), "python": platform.python_version(),
+    out = {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
            "blas_driver": [{k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
                            for i in threadpool_info()]}
     if client is not None:
