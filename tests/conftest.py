@@ -48,6 +48,18 @@ def overlapping() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def correlated_blobs() -> np.ndarray:
+    """650 rows, 3 features, three components with increasingly correlated covariances, shuffled."""
+    rng = np.random.default_rng(3)
+    means = np.array([[0.0, 0.0, 0.0], [4.0, 3.0, 0.0], [-3.0, 4.0, 3.0]])
+    X = np.concatenate([
+        rng.multivariate_normal(means[k], np.eye(3) + 0.4 * k * np.ones((3, 3)), size=n)
+        for k, n in enumerate((300, 200, 150))
+    ])
+    return rng.permutation(X)
+
+
+@pytest.fixture(scope="session")
 def local_cluster_client():
     """A real 2-process ``LocalCluster`` and a client that is *not* the default.
 

@@ -78,14 +78,8 @@ def _assert_equal_to_sklearn(ours, sk, rtol=1e-6):
 
 
 @pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(3)
-    means = np.array([[0.0, 0.0, 0.0], [4.0, 3.0, 0.0], [-3.0, 4.0, 3.0]])
-    X = np.concatenate([
-        rng.multivariate_normal(means[k], np.eye(3) + 0.4 * k * np.ones((3, 3)), size=n)
-        for k, n in enumerate((300, 200, 150))
-    ])
-    return rng.permutation(X)
+def data(correlated_blobs):
+    return correlated_blobs
 
 
 # -- equality with scikit-learn ------------------------------------------------------------
