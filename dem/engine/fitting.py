@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dem.engine.checkpoint import FORMAT_VERSION, RUN_FILE, Checkpointer, RunStore, compare_fingerprints
+from dem.engine.executor import single_blas_thread
 from dem.engine.faults import maybe_crash
 from dem.engine.passes import DataPasses
 from dem.engine.strategies.base import MemberRun
@@ -188,9 +189,12 @@ def fit_members(
         stats = passes.evaluate(evaluations)
         maybe_crash("m-step")
         seconds = time.perf_counter() - t0
-        for i, ev, s in zip(live, evaluations, stats):
-            share = _share(passes, ev)
-            runs[i].receive(s, seconds, int(s.n_rows), share)
+        # The driver's steps are small; multithreaded BLAS would leave its helper
+        # threads spinning for a while after each call, taking a core from the
+        # workers that share this machine (a LocalCluster, or local threads).
+        with single_blas_thread():
+            for i, ev, s in zip(live, evaluations, stats):
+                runs[i].receive(s, seconds, int(s.n_rows), _share(passes, ev))
         step += 1
         for i in live:
             emit("iteration", {"restart": i, **labels[i], **runs[i].monitor.history[-1].to_json()})
