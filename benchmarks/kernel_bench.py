@@ -124,11 +124,11 @@ def _dem_fit(spec: dict[str, Any], path: str, init: dict[str, np.ndarray], n_ini
 def _estep_busy(tasks: list[dict[str, Any]], iterations: int, workers: int) -> float | None:
     """Median over iterations 2..n of the E-step tasks' compute seconds per worker.
 
-    E-step tasks are the executor's leaf tasks (``_reduce_group``); an
+    E-step tasks are the executor's leaf tasks (``dem-leaf-…``); an
     iteration's tasks are told apart by their start times (the passes run
     one after the other).
     """
-    spans = sorted((s["start"], s["stop"]) for t in tasks if "_reduce_group" in str(t.get("key"))
+    spans = sorted((s["start"], s["stop"]) for t in tasks if "dem-leaf-" in str(t.get("key"))
                    for s in t.get("startstops", ()) if s.get("action") == "compute")
     if not spans or iterations < 2:
         return None

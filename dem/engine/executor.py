@@ -254,7 +254,8 @@ class Executor:
 
     def _tree(self, dsk: dict, token: str, fn: BlockFunction, shared: TaskRef, placement: Placement,
               parts: Sequence[int], reuse: bool, where_of: dict) -> Any:
-        """Adds a fixed-shape sum of ``fn`` over ``parts`` (in order) to ``dsk``; returns its root key."""
+        """Adds a fixed-shape sum of ``fn`` over ``parts`` (in order) to ``dsk``, all but the root
+        addition; returns the keys the root adds (:class:`_Root`)."""
         leaves, where = self._pass_shape(placement, parts)
         level = []
         for j, (r, w) in enumerate(zip(leaves, where)):
@@ -265,8 +266,10 @@ class Executor:
             if w is not None:
                 where_of[key] = w
             level.append(key)
-        # The levels above the fused subtrees, exactly as tree_levels cuts them.
-        for depth, groups in enumerate(tree_levels(len(level), self.fan_in)):
+        # The levels above the fused subtrees, exactly as tree_levels cuts them; the
+        # root's own addition is left to the driver (see _run): one hop fewer.
+        levels = tree_levels(len(level), self.fan_in)
+        for depth, groups in enumerate(levels[:-1]):
             nxt = []
             for j, g in enumerate(groups):
                 if len(g) == 1:
@@ -276,18 +279,29 @@ class Executor:
                 dsk[key] = Task(key, add_in_order, *[TaskRef(level[i]) for i in g])
                 nxt.append(key)
             level = nxt
-        return level[0]
+        return _Root(tuple(level))
 
     def _run(self, build: Callable[[dict, str, TaskRef, dict], list], shared: Any, placement: Placement) -> list:
         token = uuid.uuid4().hex
         shared_key = f"dem-shared-{token}"
         dsk: dict = {shared_key: DataNode(shared_key, shared)}
         where_of: dict = {}
-        keys = build(dsk, token, TaskRef(shared_key), where_of)
+        wanted = build(dsk, token, TaskRef(shared_key), where_of)
+        keys = [k for w in wanted for k in (w.parts if isinstance(w, _Root) else (w,))]
         if self.client is not None:
-            return list(self.client.get(_annotated(dsk, where_of, placement.graph), keys, sync=True))
-        with single_blas_thread():
-            return _local_get({**placement.graph, **dsk}, keys, self._threads())
+            values = list(self.client.get(_annotated(dsk, where_of, placement.graph), keys, sync=True))
+        else:
+            with single_blas_thread():
+                values = _local_get({**placement.graph, **dsk}, keys, self._threads())
+        out, i = [], 0
+        for w in wanted:
+            if isinstance(w, _Root):
+                part, i = values[i:i + len(w.parts)], i + len(w.parts)
+                out.append(add_in_order(*part) if len(part) > 1 else part[0])
+            else:
+                out.append(values[i])
+                i += 1
+        return out
 
     def reduce(self, fn: BlockFunction, shared: Any, placement: Placement) -> Any:
         """``Σ_i fn(shared, part_i)`` over all partitions, in the fixed tree order."""
@@ -309,6 +323,39 @@ class Executor:
                 keys.append(key)
             return keys
         return [r for chunk in self._run(build, shared, placement) for r in chunk]
+
+    def runs_steps(self, placement: Placement) -> bool:
+        """Whether :meth:`run_steps` suits ``placement``: its tasks read their own
+        partitions (Zarr, or this process's memory), so one task can visit any
+        of them without moving cached data between workers."""
+        return self.client is None or (placement.streaming and not placement.graph)
+
+    def run_steps(self, segments: Sequence[tuple[Any, Sequence[tuple[int, ...]]]], placement: Placement
+                  ) -> list[Any]:
+        """Advance each stepper through its batches of partitions, one task per stepper.
+
+        ``segments`` pairs a stepper (see :func:`dem.engine.tasks.run_steps`)
+        with the partitions of each of its next steps. The steppers run
+        concurrently, each in order inside its task; what returns are the
+        advanced steppers (copies, on a cluster).
+        """
+        bounds = placement.data.bounds
+        total = max(1, placement.data.n_samples)
+
+        def build(dsk: dict, token: str, sh: TaskRef, where_of: dict) -> list:
+            keys = []
+            for n, (stepper, batches) in enumerate(segments):
+                node, key = f"dem-stepper-{token}-{n}", (f"dem-steps-{token}", n)
+                dsk[node] = DataNode(node, stepper)
+                sizes = tuple(len(b) for b in batches)
+                shares = tuple(sum(bounds[p][1] - bounds[p][0] for p in b) / total for b in batches)
+                entries = [placement.entries[p] for b in batches for p in b]
+                dsk[key] = Task(key, tasks.run_steps, TaskRef(node), self.fan_in, sizes, shares, *entries,
+                                _data_producer=placement.streaming and not placement.graph)
+                keys.append(key)
+            return keys
+
+        return self._run(build, None, placement)
 
     def evaluate(self, evaluations: Sequence[Evaluation], placement: Placement) -> list[Any]:
         """Every evaluation's summed statistics, reading each partition once per pass.
@@ -341,6 +388,14 @@ class Executor:
             for i, stats in zip(idx, summed.members):
                 out[i] = stats
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Root:
+    """The keys whose sum, in order, is a tree's root: the driver adds them
+    itself, as the root task would, rather than wait for one more task."""
+
+    parts: tuple
 
 
 def _task_entries(sources: Sequence[tuple]) -> tuple[list[tuple], dict, set]:

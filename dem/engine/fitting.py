@@ -4,9 +4,12 @@ Model-agnostic: the caller supplies how to start the member runs (which may
 make initialisation passes) and how to restore them from a checkpoint. A
 checkpoint holds every member's whole state (:meth:`MemberRun.state`), the
 labels and the seed; it is written after initialisation (checkpoint 0) and
-after every ``checkpoint_every`` passes (checkpoint ``n`` follows pass
-``n``). Since every pass is a deterministic function of that state, a
-resumed fit ends bitwise equal to an uninterrupted one.
+after every ``checkpoint_every`` rounds (checkpoint ``n`` follows round
+``n``). A round is one shared pass, or, for members whose steps read a few
+partitions each (online EM), one task per member running a segment of its
+steps (:meth:`MemberRun.next_segment`). Since every round is a deterministic
+function of that state, a resumed fit ends bitwise equal to an uninterrupted
+one.
 """
 
 from __future__ import annotations
@@ -140,7 +143,7 @@ def fit_members(
         (``arrays`` keyed ``member.{i}.{name}``, passed whole)
     labels : one dict per member for summaries (``restart``, ``n_components``)
     run_dir : where checkpoints go; a matching checkpoint there is resumed
-    checkpoint_every : passes between checkpoints (the last is always saved)
+    checkpoint_every : rounds between checkpoints (the last is always saved)
     callback : ``callback(event, info)`` with events ``start``, ``iteration``, ``end``
     """
     emit = callback or (lambda event, info: None)
@@ -183,28 +186,42 @@ def fit_members(
         live = [i for i, r in enumerate(runs) if not r.done]
         if not live:
             break
-        evaluations = [runs[i].next_evaluation() for i in live]
-        t0 = time.perf_counter()
-        before = passes.n_passes
-        stats = passes.evaluate(evaluations)
-        maybe_crash("m-step")
-        seconds = time.perf_counter() - t0
-        # The driver's steps are small; multithreaded BLAS would leave its helper
-        # threads spinning for a while after each call, taking a core from the
-        # workers that share this machine (a LocalCluster, or local threads).
-        with single_blas_thread():
-            for i, ev, s in zip(live, evaluations, stats):
-                runs[i].receive(s, seconds, int(s.n_rows), _share(passes, ev))
+        segments = [runs[i].next_segment() for i in live] if passes.runs_steps else [None]
+        if all(seg is not None for seg in segments):
+            advanced = passes.run_steps([(runs[i].detached(), seg) for i, seg in zip(live, segments)])
+            maybe_crash("m-step")
+            records = {i: runs[i].absorb(a) for i, a in zip(live, advanced)}
+        else:
+            records = _one_step(passes, runs, live)
         step += 1
         for i in live:
-            emit("iteration", {"restart": i, **labels[i], **runs[i].monitor.history[-1].to_json()})
+            for rec in records[i]:
+                emit("iteration", {"restart": i, **labels[i], **rec.to_json()})
         if step % checkpoint_every == 0 or all(r.done for r in runs):
             save(runs)
-        del before
     best = FitOutcome(runs, resumed_from, init_passes).best_index()
     emit("end", {"converged": runs[best].converged, "n_iter": runs[best].iterations,
                  "lower_bound": runs[best].lower_bound})
     return FitOutcome(runs, resumed_from, init_passes)
+
+
+def _one_step(passes: DataPasses, runs: list[MemberRun], live: list[int]) -> dict[int, list]:
+    """One evaluation for each live run, in one shared pass; each run's new records."""
+    evaluations = [runs[i].next_evaluation() for i in live]
+    t0 = time.perf_counter()
+    stats = passes.evaluate(evaluations)
+    maybe_crash("m-step")
+    seconds = time.perf_counter() - t0
+    records = {}
+    # The driver's steps are small; multithreaded BLAS would leave its helper
+    # threads spinning for a while after each call, taking a core from the
+    # workers that share this machine (a LocalCluster, or local threads).
+    with single_blas_thread():
+        for i, ev, s in zip(live, evaluations, stats):
+            before = len(runs[i].monitor.history)
+            runs[i].receive(s, seconds, int(s.n_rows), _share(passes, ev))
+            records[i] = runs[i].monitor.history[before:][-1:]
+    return records
 
 
 def _share(passes: DataPasses, ev: Any) -> float:

@@ -63,6 +63,19 @@ class DataPasses:
         self.n_passes += rows / max(1, self.n_samples)
         return self.executor.evaluate(evaluations, self.placement)
 
+    @property
+    def runs_steps(self) -> bool:
+        """Whether members' sequential steps can run inside tasks (:meth:`run_steps`)."""
+        return self.executor.runs_steps(self.placement)
+
+    def run_steps(self, segments: list[tuple[Any, list[tuple[int, ...]]]]) -> list[Any]:
+        """Steppers advanced through their batches, one task each (see :meth:`Executor.run_steps`)."""
+        bounds = self.data.bounds
+        # Each stepper reads its own partitions: no read is shared.
+        rows = sum(bounds[p][1] - bounds[p][0] for _, batches in segments for b in batches for p in b)
+        self.n_passes += rows / max(1, self.n_samples)
+        return self.executor.run_steps(segments, self.placement)
+
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return self.data.read_rows(start, stop)
 

@@ -11,11 +11,16 @@ A task receives *entries*, one per partition, in partition order:
 
 Consecutive ``read`` entries are read together
 (:func:`dem.data.row_sources.read_partitions`).
+
+:func:`run_steps` runs a member's sequential steps (online EM's mini-batches)
+in one task: each step's E-step over its partitions, added with the fixed
+tree, then the member's own update, exactly as the driver would run them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 from dem.data.row_sources import read_partitions
@@ -106,3 +111,22 @@ def map_subtree(fn: BlockFunction, shared: Any, *entries: tuple) -> list:
 def read_group(*entries: tuple) -> tuple:
     """Consecutive partitions read to be cached together as one value."""
     return tuple(partitions(entries))
+
+
+def run_steps(stepper: Any, fan_in: int, sizes: tuple[int, ...], shares: tuple[float, ...], *entries: tuple) -> Any:
+    """``stepper``'s next ``len(sizes)`` steps in this task; returns the advanced stepper.
+
+    Step ``s`` reads the next ``sizes[s]`` entries and sums the E-step of
+    ``stepper.next_evaluation()`` over them with the fixed tree (:func:`fold`,
+    the tree a pass over those partitions uses), then calls
+    ``stepper.receive(stats, seconds, n_rows, shares[s])``, the call the
+    engine loop would make on the driver.
+    """
+    i = 0
+    for size, share in zip(sizes, shares):
+        t0 = time.perf_counter()
+        batch = Batch.of([stepper.next_evaluation()])
+        stats = fold(_applied(evaluate_partition, batch, entries[i:i + size], True), fan_in).members[0]
+        stepper.receive(stats, time.perf_counter() - t0, int(stats.n_rows), share)
+        i += size
+    return stepper

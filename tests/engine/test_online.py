@@ -265,15 +265,25 @@ def test_state_restored_mid_pass_continues_bitwise(overlapping):
 
 
 @pytest.mark.slow
-def test_online_bitwise_equal_on_threads_and_on_one_and_two_workers(overlapping, local_cluster_client,
-                                                                   one_worker_client):
-    kw = dict(random_state=2, learning_method="online", max_iter=2, tol=0.0, batch_size=100)
+def test_online_bitwise_equal_on_threads_and_on_one_and_two_workers(overlapping, zarr_overlapping,
+                                                                   local_cluster_client, one_worker_client):
+    # Three engine paths give the same bits: local threads (a segment of steps per
+    # task), data cached on the workers (a scheduler round trip per step), and
+    # Zarr streamed by the workers (a segment of steps per worker task).
+    kw = dict(random_state=2, learning_method="online", max_iter=2, tol=0.0, batch_size=100, partition_rows=50)
     local = _quiet_fit(dem.GaussianMixture(3, **kw), overlapping)
+    assert len(local.history_) == 2 * 6  # 600 rows in batches of 2 partitions: 6 steps a pass
     for client in (one_worker_client, local_cluster_client):
         remote = _quiet_fit(dem.GaussianMixture(3, client=client, **kw), overlapping)
         for name in FITTED:
             assert np.array_equal(getattr(remote, name), getattr(local, name)), name
-        assert remote.history_[-1]["objective"] == local.history_[-1]["objective"]
+        assert [h["objective"] for h in remote.history_] == [h["objective"] for h in local.history_]
+    streamed_local = _quiet_fit(dem.GaussianMixture(3, cache=False, **kw), zarr_overlapping)
+    streamed = _quiet_fit(dem.GaussianMixture(3, client=local_cluster_client, cache=False, **kw), zarr_overlapping)
+    for name in FITTED:
+        assert np.array_equal(getattr(streamed, name), getattr(streamed_local, name)), name
+    assert [h["objective"] for h in streamed.history_] == [h["objective"] for h in streamed_local.history_]
+    assert [h["iteration"] for h in streamed.history_] == list(range(1, len(streamed_local.history_) + 1))
 
 
 _CHILD = textwrap.dedent(
@@ -317,7 +327,8 @@ def zarr_overlapping(tmp_path_factory, overlapping):
 
 @pytest.mark.slow
 def test_sigkill_mid_pass_then_resume_is_bitwise_equal(tmp_path, zarr_overlapping):
-    # 1800 rows in 12 partitions, batches of 2 partitions: 6 batches a pass; killed after batch 8.
+    # 1800 rows in 12 partitions, batches of 2 partitions: 6 batches a pass, run in segments of 2
+    # (SEGMENTS_PER_PASS = 4); killed in the 9th segment, resumed from the checkpoint after batch 16.
     run_child(tmp_path, zarr_overlapping, tmp_path / "ref", tmp_path / "ref.npz", "online", 3)
     killed = tmp_path / "killed"
     assert run_child(tmp_path, zarr_overlapping, killed, tmp_path / "out.npz", "online", 3,

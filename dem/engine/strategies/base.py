@@ -103,6 +103,27 @@ class MemberRun(abc.ABC):
         self.stopped = True
         self.monitor.converged = False
 
+    # -- steps inside a task (optional) ----------------------------------------------
+
+    def next_segment(self) -> list[tuple[int, ...]] | None:
+        """The partitions of each of the next steps, when they may run inside one task.
+
+        A strategy whose steps read a few partitions each (online EM) returns
+        them here; the engine then runs them in one task on a detached copy
+        (:meth:`detached`) and takes the result back (:meth:`absorb`),
+        instead of a scheduler round trip per step. None: one evaluation at
+        a time (the default).
+        """
+        return None
+
+    def detached(self) -> "MemberRun":
+        """A copy to advance inside a task, carrying only the history its steps need."""
+        raise NotImplementedError
+
+    def absorb(self, advanced: "MemberRun") -> list:
+        """Take the state of ``advanced`` (a :meth:`detached` copy, advanced); returns the new records."""
+        raise NotImplementedError
+
     # -- helpers for subclasses -----------------------------------------------------
 
     def m_step_or_stop(self, family: Family, stats: Stats, notes: list[Note]) -> Any | None:

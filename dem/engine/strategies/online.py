@@ -36,6 +36,7 @@ resumed after any mini-batch is bitwise equal to an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import warnings
@@ -60,6 +61,8 @@ MIN_BATCH_ROWS = 1_000
 MAX_BATCH_ROWS = 100_000
 #: Share of the first pass read before the first M-step (at least one batch).
 BURN_IN_SHARE = 0.01
+#: A pass's mini-batch steps run inside this many tasks (see :meth:`OnlineRun.next_segment`).
+SEGMENTS_PER_PASS = 4
 
 
 def step_size(t: int, decay: float, offset: float, burn_in: int = 0) -> float:
@@ -152,6 +155,40 @@ class OnlineRun(MemberRun):
 
     def next_evaluation(self) -> Evaluation:
         return Evaluation(self.family, self.params, partitions=self.batches()[self.batch_index])
+
+    # -- steps inside a task ----------------------------------------------------------
+
+    def next_segment(self) -> list[tuple[int, ...]] | None:
+        """The next ``1/SEGMENTS_PER_PASS`` of the pass (never past its end), to run in one task.
+
+        A step is a few milliseconds of arithmetic; a scheduler round trip
+        per step would cost several times that. Where the segments end
+        changes nothing but when checkpoints and progress reports come: the
+        steps, and their bits, are the same.
+        """
+        if not self.bounds:
+            return None
+        batches = self.batches()
+        size = max(1, math.ceil(len(batches) / SEGMENTS_PER_PASS))
+        return batches[self.batch_index:self.batch_index + size]
+
+    def detached(self) -> "OnlineRun":
+        clone = copy.copy(self)
+        # Only the last record travels: the next record's Δ is taken against it.
+        clone.monitor = dataclasses.replace(self.monitor, history=self.monitor.history[-1:])
+        clone.pass_objectives = list(self.pass_objectives)
+        return clone
+
+    def absorb(self, advanced: "OnlineRun") -> list:
+        carried = 1 if self.monitor.history else 0
+        first = len(self.monitor.history) + 1
+        new = [dataclasses.replace(rec, iteration=first + j) for j, rec in enumerate(advanced.monitor.history[carried:])]
+        self.monitor.history.extend(new)
+        self.monitor.converged = advanced.monitor.converged
+        for name in ("params", "running", "_pending", "t", "pass_index", "batch_index", "pass_objectives",
+                     "average", "average_count", "_batches", "n_passes", "lower_bound", "stopped", "_resumed"):
+            setattr(self, name, getattr(advanced, name))
+        return new
 
     @property
     def done(self) -> bool:
