@@ -89,6 +89,10 @@ class PartitionedData:
                 zip(self.x_refs, self.w_refs or none, self.y_refs or none, self.length_refs or none,
                     self.bounds)]
 
+    def stored(self) -> bool:
+        """Whether every partition is read from storage (Zarr) by the task that needs it."""
+        return all(isinstance(r, ZarrRows) for src in self.sources() for r in src[:3] if r is not None)
+
     @property
     def n_partitions(self) -> int:
         return len(self.bounds)

@@ -209,6 +209,12 @@ class EMEstimator(IncrementalMixin, BaseEstimator):
     def _use_cache(self, data: "PartitionedData", executor: Any) -> bool:
         if self.cache != "auto":
             return bool(self.cache)
+        if executor.client is not None and self.get_params(deep=False).get("learning_method") == "online" \
+                and data.stored():
+            # Online EM reads the data once or twice, a mini-batch at a time; streamed
+            # from storage its steps run a quarter pass per task, while steps over data
+            # cached across workers need a scheduler round trip each.
+            return False
         share = 0.5 if executor.client is not None else 0.25
         return data.nbytes <= share * executor.total_memory()
 
