@@ -288,3 +288,47 @@ def read_partitions(sources: Sequence[tuple], reuse: bool = False) -> Iterator[P
             yield _partition(X[lo:hi], None if W is None else W[lo:hi], None if Y is None else Y[lo:hi],
                              src[3], src[4])
         i = j
+
+
+def read_scattered(sources: Sequence[tuple]) -> list[Partition] | None:
+    """Partitions at scattered rows of one Zarr array, in one read per field; None if they are not.
+
+    zarr fetches and decodes the chunks of one selection concurrently, so
+    reading the next steps' small partitions (online EM visits them in a
+    shuffled order) in one call pays zarr's per-call cost, and an object
+    store's latency, once rather than per partition. The rows are the ones
+    a read of each partition gives, bit for bit. Returns None, to read them
+    one by one, unless every field is one Zarr array (or absent) throughout;
+    a failing read is also left to the one-by-one reads, which name the chunk.
+    """
+    fields = []
+    for f in range(3):
+        ref = sources[0][f]
+        if not (ref is None or isinstance(ref, ZarrRows)) or not all(_same(src[f], ref) for src in sources):
+            return None
+        fields.append(ref)
+    if fields[0] is None:
+        return None
+    order = sorted(range(len(sources)), key=lambda i: sources[i][4])
+    rows = np.concatenate([np.arange(sources[i][4], sources[i][5]) for i in order])
+    read = []
+    for ref in fields:
+        if ref is None:
+            read.append(None)
+            continue
+        arr = _open_zarr_array(ref.url, ref.path, ref.storage_options)
+        try:
+            read.append(arr.get_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1)))
+        except MemoryError:
+            raise
+        except Exception:
+            return None
+    out: list[Partition | None] = [None] * len(sources)
+    at = 0
+    for i in order:
+        src = sources[i]
+        n = src[5] - src[4]
+        X, w, y = (None if r is None else r[at:at + n] for r in read)
+        out[i] = _partition(X, w, y, src[3], src[4])
+        at += n
+    return out  # type: ignore[return-value]

@@ -327,8 +327,9 @@ class Executor:
     def runs_steps(self, placement: Placement) -> bool:
         """Whether :meth:`run_steps` suits ``placement``: its tasks read their own
         partitions (Zarr, or this process's memory), so one task can visit any
-        of them without moving cached data between workers."""
-        return self.client is None or (placement.streaming and not placement.graph)
+        of them without moving cached data between workers, and without
+        computing a whole segment's blocks of a dask array before it starts."""
+        return not placement.graph and (self.client is None or placement.streaming)
 
     def run_steps(self, segments: Sequence[tuple[Any, Sequence[tuple[int, ...]]]], placement: Placement
                   ) -> list[Any]:

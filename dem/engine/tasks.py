@@ -20,16 +20,20 @@ tree, then the member's own update, exactly as the driver would run them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable, Iterator, Sequence
 
-from dem.data.row_sources import read_partitions
+from dem.data.row_sources import ZarrRows, read_partitions, read_scattered
 from dem.data.record import Partition
 from dem.engine.faults import maybe_crash
 from dem.engine.fusion import fold
 from dem.families.base import StatsTuple
 
 BlockFunction = Callable[[Any, Partition], Any]
+
+#: Most bytes of upcoming steps' partitions :func:`run_steps` reads in one call.
+STEP_WINDOW_BYTES = 8 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,11 +126,45 @@ def run_steps(stepper: Any, fan_in: int, sizes: tuple[int, ...], shares: tuple[f
     ``stepper.receive(stats, seconds, n_rows, shares[s])``, the call the
     engine loop would make on the driver.
     """
-    i = 0
-    for size, share in zip(sizes, shares):
+    for parts, share in zip(_step_partitions(entries, sizes), shares):
         t0 = time.perf_counter()
         batch = Batch.of([stepper.next_evaluation()])
-        stats = fold(_applied(evaluate_partition, batch, entries[i:i + size], True), fan_in).members[0]
+        stats = fold(_evaluated(batch, parts), fan_in).members[0]
         stepper.receive(stats, time.perf_counter() - t0, int(stats.n_rows), share)
-        i += size
     return stepper
+
+
+def _evaluated(batch: Batch, parts: Sequence[Partition]) -> Iterator[StatsTuple]:
+    for part in parts:
+        maybe_crash("e-step")
+        yield evaluate_partition(batch, part)
+
+
+def _step_partitions(entries: Sequence[tuple], sizes: Sequence[int]) -> Iterator[list[Partition]]:
+    """Each step's partitions; the next steps' Zarr partitions are read together, up to
+    :data:`STEP_WINDOW_BYTES` at a time (:func:`dem.data.row_sources.read_scattered`)."""
+    i = s = 0
+    while s < len(sizes):
+        j, k, nbytes = s, i, 0
+        while j < len(sizes) and (j == s or nbytes < STEP_WINDOW_BYTES):
+            nbytes += sum(_entry_bytes(e) for e in entries[k:k + sizes[j]])
+            k += sizes[j]
+            j += 1
+        window = entries[i:k]
+        parts = None
+        if all(e[0] == "read" for e in window):
+            parts = read_scattered([e[1:] for e in window])
+        if parts is None:
+            parts = list(partitions(window))
+        at = 0
+        for step in range(s, j):
+            yield parts[at:at + sizes[step]]
+            at += sizes[step]
+        i, s = k, j
+
+
+def _entry_bytes(entry: tuple) -> int:
+    if entry[0] != "read" or not isinstance(entry[1], ZarrRows):
+        return STEP_WINDOW_BYTES  # in memory already: a window of one step
+    shape, dtype = entry[1].row_shape()
+    return (entry[6] - entry[5]) * math.prod(shape) * dtype.itemsize

@@ -329,3 +329,24 @@ def test_a_truncated_chunk_is_one_line_naming_the_array_chunk_and_rows(tmp_path)
     assert message.startswith(f"cannot read {chunk} (rows 400–599 of Zarr array {tmp_path}/d.zarr/X): ")
     assert message.endswith("; the chunk is damaged or truncated: restore or rewrite the data")
     assert "\n" not in message
+
+
+def test_scattered_partitions_are_read_in_one_call_bit_for_bit(tmp_path):
+    from dem.data.row_sources import ZarrRows, read_partition, read_scattered
+
+    rng = np.random.default_rng(3)
+    X, w, y = rng.standard_normal((1000, 3)), rng.random(1000), rng.integers(0, 4, 1000)
+    group = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
+    for name, value in (("X", X), ("w", w), ("y", y)):
+        group.create_array(name, data=value, chunks=(100,) + value.shape[1:])
+    refs = [ZarrRows(str(tmp_path / "d.zarr"), name) for name in ("X", "w", "y")]
+    sources = [(*refs, None, a, a + 100) for a in (700, 100, 300, 900)]  # a shuffled pass order
+    got = read_scattered(sources)
+    for src, part in zip(sources, got):
+        one = read_partition(*src)
+        assert part.start == src[4]
+        assert np.array_equal(part.X, X[src[4]:src[5]]) and np.array_equal(part.X, one.X)
+        assert np.array_equal(part.weights, w[src[4]:src[5]]) and np.array_equal(part.y, y[src[4]:src[5]])
+    # Sources that are not all one Zarr array are left to one-by-one reads.
+    assert read_scattered([sources[0], (X, None, None, None, 0, 100)]) is None
+    assert read_scattered([(refs[0], None, None, None, 0, 100), (refs[0], refs[1], None, None, 100, 200)]) is None
