@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import uuid
 from typing import Any, Callable, Sequence
 
@@ -377,9 +378,13 @@ class Executor:
         def build(dsk: dict, token: str, sh: TaskRef, where_of: dict) -> list:
             roots = []
             for n, (parts, idx) in enumerate(by_parts.items()):
-                key = f"dem-evaluations-{token}-{n}"
-                dsk[key] = DataNode(key, tasks.Batch.of([evaluations[i] for i in idx]))
-                roots.append(self._tree(dsk, f"{token}-{n}", tasks.evaluate_partition, TaskRef(key), placement,
+                batch = tasks.Batch.of([evaluations[i] for i in idx])
+                if self.client is None or _pickled_size(batch) <= INLINE_BYTES:
+                    shared: Any = batch  # in every task's spec: no extra task, no fetch before the E-steps
+                else:
+                    shared = TaskRef(key := f"dem-evaluations-{token}-{n}")
+                    dsk[key] = DataNode(key, batch)
+                roots.append(self._tree(dsk, f"{token}-{n}", tasks.evaluate_partition, shared, placement,
                                         parts, True, where_of))
             return roots
 
@@ -389,6 +394,18 @@ class Executor:
             for i, stats in zip(idx, summed.members):
                 out[i] = stats
         return out
+
+
+#: Parameters up to this size travel inside each task of a pass; larger ones are
+#: one value the tasks depend on (sent to each worker once).
+INLINE_BYTES = 256 * 2**10
+
+
+def _pickled_size(value: Any) -> int:
+    """Bytes ``value`` pickles to, counting large arrays without copying them."""
+    buffers: list = []
+    head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    return len(head) + sum(memoryview(b).nbytes for b in buffers)
 
 
 @dataclasses.dataclass(frozen=True)

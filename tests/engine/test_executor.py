@@ -6,6 +6,8 @@ spreads tasks over workers, and Zarr read a slab at a time.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 import time
 import warnings
 
@@ -97,6 +99,11 @@ def test_fused_and_unfused_graphs_give_the_same_bits_locally(many):
     a = fused.evaluate([Evaluation(family, params)], placed)[0]
     b = unfused.evaluate([Evaluation(family, params)], unfused.place(data, cache=True))[0]
     _assert_stats_bitwise(a, b)
+    # The fixed tree written out: per-partition E-steps added by tree_reduce (the engine
+    # adds the root on the driver and the rest in tasks; the additions are the same).
+    parts = [family.e_step(params, P.read_partition(X[i:i + 5], None, None, None, i, i + 5))
+             for i in range(0, len(X), 5)]
+    _assert_stats_bitwise(a, tree_reduce(parts, lambda *g: functools.reduce(operator.add, g), 8))
     # The reference: one E-step over all rows at once (a different order of additions).
     whole = family.e_step(params, P.read_partition(X, None, None, None, 0, len(X)))
     for name in STATS:
@@ -126,6 +133,18 @@ def test_fused_and_unfused_graphs_give_the_same_bits_on_a_cluster(many, cache, t
                                            Executor(n_threads=2).place(as_partitioned(X, partition_rows=5), True))[0]
     for stats in got.values():
         _assert_stats_bitwise(stats, local)
+
+
+@pytest.mark.slow
+def test_parameters_inside_each_task_or_as_one_value_give_the_same_bits(many, local_cluster_client, monkeypatch):
+    from dem.engine import executor as executor_module
+
+    X, family, params = many
+    ex = Executor(local_cluster_client)
+    placed = ex.place(as_partitioned(X, partition_rows=5), cache=True)
+    inline = ex.evaluate([Evaluation(family, params)], placed)[0]
+    monkeypatch.setattr(executor_module, "INLINE_BYTES", 0)  # every batch of parameters is "large"
+    _assert_stats_bitwise(ex.evaluate([Evaluation(family, params)], placed)[0], inline)
 
 
 @pytest.mark.slow
