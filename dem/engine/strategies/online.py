@@ -182,7 +182,8 @@ class OnlineRun(MemberRun):
     def absorb(self, advanced: "OnlineRun") -> list:
         carried = 1 if self.monitor.history else 0
         first = len(self.monitor.history) + 1
-        new = [dataclasses.replace(rec, iteration=first + j) for j, rec in enumerate(advanced.monitor.history[carried:])]
+        arrived = advanced.monitor.history[carried:]
+        new = [dataclasses.replace(rec, iteration=first + j) for j, rec in enumerate(arrived)]
         self.monitor.history.extend(new)
         self.monitor.converged = advanced.monitor.converged
         for name in ("params", "running", "_pending", "t", "pass_index", "batch_index", "pass_objectives",
