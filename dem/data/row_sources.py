@@ -11,13 +11,11 @@ partitions a slab at a time.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
 import os
 import threading
-import warnings
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -144,33 +142,8 @@ def _open_zarr_array(url: str, path: str, storage_options: tuple) -> Any:
     # One open per worker process and array: metadata is read once, not per task.
     import zarr
 
-    with _read_pipeline():
-        group_or_array = zarr.open(store=url, mode="r", storage_options=dict(storage_options) or None)
-        return group_or_array[path] if path else group_or_array
-
-
-@contextlib.contextmanager
-def _read_pipeline() -> Iterator[None]:
-    """Arrays opened here decode through zarrs (Rust) where it is installed.
-
-    The zarrs package is a codec pipeline for zarr-python: the same values,
-    decoded without zarr-python's per-chunk Python work (about 1.5× faster
-    on zstd chunks). It uses one thread, as a dem task does. zarr fixes an
-    array's pipeline when it opens it, so only arrays opened here use it;
-    stores and layouts zarrs does not support fall back to zarr-python's
-    own pipeline (zarrs warns about that; it is not news to a dem user).
-    """
-    try:
-        import zarrs  # noqa: F401
-    except ImportError:
-        yield
-        return
-    import zarr
-
-    with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline", "threading.max_workers": 1}), \
-            warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Array is unsupported by ZarrsCodecPipeline")
-        yield
+    group_or_array = zarr.open(store=url, mode="r", storage_options=dict(storage_options) or None)
+    return group_or_array[path] if path else group_or_array
 
 
 def _remote_client(array: Any) -> Any:

@@ -350,24 +350,3 @@ def test_scattered_partitions_are_read_in_one_call_bit_for_bit(tmp_path):
     # Sources that are not all one Zarr array are left to one-by-one reads.
     assert read_scattered([sources[0], (X, None, None, None, 0, 100)]) is None
     assert read_scattered([(refs[0], None, None, None, 0, 100), (refs[0], refs[1], None, None, 100, 200)]) is None
-
-
-def test_tasks_read_zarr_through_zarrs_with_zarrs_values(tmp_path):
-    # zarrs (a Rust codec pipeline for zarr-python) decodes the arrays tasks open; the
-    # values are zarr-python's own, for zarr's default codec and for Blosc.
-    pytest.importorskip("zarrs")
-    from dem.data.row_sources import ZarrRows, _open_zarr_array, read_scattered
-
-    X = np.random.default_rng(4).standard_normal((3000, 5))
-    for name, compressors in (("zstd.zarr", "auto"), ("blosc.zarr", zarr.codecs.BloscCodec(cname="lz4"))):
-        path = str(tmp_path / name)
-        zarr.create_array(path, data=X, chunks=(700, 5), compressors=compressors)
-        ref = ZarrRows(path, "")
-        _open_zarr_array.cache_clear()
-        arr = _open_zarr_array(ref.url, ref.path, ref.storage_options)
-        assert type(arr._async_array.codec_pipeline).__name__ == "ZarrsCodecPipeline"
-        out = np.empty((1600, 5))
-        assert np.array_equal(ref.read(400, 2000, out=out), X[400:2000])
-        assert np.array_equal(ref.read(2900, 3000), X[2900:3000])
-        parts = read_scattered([(ref, None, None, None, a, a + 700) for a in (1400, 0)])
-        assert np.array_equal(parts[0].X, X[1400:2100]) and np.array_equal(parts[1].X, X[:700])
