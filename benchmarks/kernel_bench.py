@@ -124,24 +124,25 @@ def _dem_fit(spec: dict[str, Any], path: str, init: dict[str, np.ndarray], n_ini
 def _estep_busy(tasks: list[dict[str, Any]], iterations: int, workers: int) -> float | None:
     """Median over iterations 2..n of the E-step tasks' compute seconds per worker.
 
-    E-step tasks are the executor's leaf tasks (``dem-leaf-…``); an
-    iteration's tasks are told apart by their start times (the passes run
-    one after the other).
+    E-step tasks are the executor's leaf tasks, keyed ``("dem-leaf-<pass token>", j)``:
+    a pass's tasks share its token (passes run one after the other, so the
+    token order is the start order).
     """
-    spans = sorted((s["start"], s["stop"]) for t in tasks if "dem-leaf-" in str(t.get("key"))
-                   for s in t.get("startstops", ()) if s.get("action") == "compute")
-    if not spans or iterations < 2:
+    passes: dict[str, float] = {}
+    first: dict[str, float] = {}
+    for t in tasks:
+        key = t.get("key")
+        name = key[0] if isinstance(key, tuple) else str(key)
+        if not str(name).startswith("dem-leaf-"):
+            continue
+        for s in t.get("startstops", ()):
+            if s.get("action") == "compute":
+                passes[name] = passes.get(name, 0.0) + s["stop"] - s["start"]
+                first[name] = min(first.get(name, s["start"]), s["start"])
+    if len(passes) < 2 or iterations < 2:
         return None
-    passes: list[float] = []
-    current, last_stop = 0.0, None
-    for start, stop in spans:
-        if last_stop is not None and start - last_stop > 0.02 and current:
-            passes.append(current)
-            current = 0.0
-        current += stop - start
-        last_stop = stop if last_stop is None else max(last_stop, stop)
-    passes.append(current)
-    steady = passes[-(iterations - 1):] if len(passes) >= iterations else passes[1:]
+    ordered = [passes[k] for k in sorted(passes, key=first.get)]
+    steady = ordered[-(iterations - 1):] if len(ordered) >= iterations else ordered[1:]
     return statistics.median(steady) / workers if steady else None
 
 
