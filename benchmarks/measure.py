@@ -88,9 +88,9 @@ def local_cluster(n_workers: int, memory_limit: Any = "auto", malloc_trim: bool 
     import dask
     import distributed  # noqa: F401  (registers the distributed.* config defaults read below)
 
-    from dem.cli.cluster import worker_environ
+    from dem.cli.cluster import worker_malloc_settings
 
-    settings: dict[str, Any] = {"distributed.nanny.pre-spawn-environ": worker_environ()}
+    settings: dict[str, Any] = {}
     saved = os.environ.get("MALLOC_TRIM_THRESHOLD_")
     if not malloc_trim:
         environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
@@ -101,7 +101,10 @@ def local_cluster(n_workers: int, memory_limit: Any = "auto", malloc_trim: bool 
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
         os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
     try:
-        with _cluster(n_workers, memory_limit, settings) as client:
+        with contextlib.ExitStack() as stack:
+            if malloc_trim:
+                stack.enter_context(worker_malloc_settings())
+            client = stack.enter_context(_cluster(n_workers, memory_limit, settings))
             yield client
     finally:
         if saved is not None:
