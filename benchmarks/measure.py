@@ -77,34 +77,25 @@ def worker_ids(client: Any) -> dict[str, str]:
 def local_cluster(n_workers: int, memory_limit: Any = "auto", malloc_trim: bool = True) -> Iterator[Any]:
     """``LocalCluster(n_workers, threads_per_worker=1)`` and a non-default client.
 
-    The workers start with the malloc settings of the cluster ``dem fit``
-    starts (:data:`dem.cli.cluster.WORKER_MALLOC_ENVIRON`). ``malloc_trim=False``
-    starts them with neither those nor the ``MALLOC_TRIM_THRESHOLD_=65536``
-    that Dask's nanny sets by default (``distributed.nanny.pre-spawn-environ``).
-    Setting that variable switches off glibc's dynamic mmap threshold, so
-    every temporary above 128 KiB is a fresh mmap whose pages fault in
-    (zero-filled) on first touch.
+    ``malloc_trim=False`` starts the workers without the
+    ``MALLOC_TRIM_THRESHOLD_=65536`` that Dask's nanny sets by default
+    (``distributed.nanny.pre-spawn-environ``). Setting that variable switches
+    off glibc's dynamic mmap threshold, so every temporary above 128 KiB is a
+    fresh mmap whose pages fault in (zero-filled) on first touch.
     """
     import dask
     import distributed  # noqa: F401  (registers the distributed.* config defaults read below)
-
-    from dem.cli.cluster import worker_malloc_settings
 
     settings: dict[str, Any] = {}
     saved = os.environ.get("MALLOC_TRIM_THRESHOLD_")
     if not malloc_trim:
         environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
-        for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"):
-            environ.pop(name, None)
+        environ.pop("MALLOC_TRIM_THRESHOLD_", None)
         settings["distributed.nanny.pre-spawn-environ"] = environ
         # An earlier nanny in this process leaked its pre-spawn variables into os.environ.
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
     try:
-        with contextlib.ExitStack() as stack:
-            if malloc_trim:
-                stack.enter_context(worker_malloc_settings())
-            client = stack.enter_context(_cluster(n_workers, memory_limit, settings))
+        with _cluster(n_workers, memory_limit, settings) as client:
             yield client
     finally:
         if saved is not None:

@@ -33,20 +33,6 @@ def _embedded(*overrides: str) -> Cluster:
     return _start_cluster(cfg)
 
 
-def test_embedded_workers_start_with_dems_malloc_settings() -> None:
-    # Not distributed's MALLOC_TRIM_THRESHOLD_=65536 alone, under which every decoded Zarr chunk is fresh pages.
-    import os
-
-    from dem.cli.cluster import WORKER_MALLOC_ENVIRON
-
-    cluster = _embedded()
-    try:
-        seen = cluster.client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENVIRON})
-        assert list(seen.values()) == [{k: str(v) for k, v in WORKER_MALLOC_ENVIRON.items()}]
-    finally:
-        cluster.close()
-
-
 def test_embedded_cluster_and_dashboard_listen_on_loopback_only() -> None:
     before = _listening()
     cluster = _embedded()

@@ -26,45 +26,6 @@ class Cluster:
                 self.local.close()
 
 
-#: glibc malloc settings for the worker processes dem starts. distributed's nanny
-#: sets ``MALLOC_TRIM_THRESHOLD_=65536`` (hand freed memory back at once), which
-#: also switches off glibc's adaptive mmap threshold: every buffer of a megabyte
-#: or more, such as each chunk zarr decodes, is then a fresh mapping whose pages
-#: fault in zero-filled, on every read (that doubled the CPU of streaming a zstd
-#: Zarr). With these, blocks under 16 MiB come from the heap and up to 32 MiB of
-#: freed memory stays with the process, so a pass's reads reuse the same pages.
-WORKER_MALLOC_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": 32 * 2**20, "MALLOC_MMAP_THRESHOLD_": 16 * 2**20}
-
-
-@contextlib.contextmanager
-def worker_malloc_settings() -> Any:
-    """Nannies created inside start their workers with :data:`WORKER_MALLOC_ENVIRON`.
-
-    A nanny reads ``distributed.nanny.pre-spawn-environ`` when it is created,
-    but a variable already in this process's environment wins, and every
-    nanny leaves its variables there (so after any earlier cluster in this
-    process, ``MALLOC_TRIM_THRESHOLD_=65536`` would); both are set here and
-    the environment is restored afterwards.
-    """
-    import os
-
-    import dask
-    import distributed  # noqa: F401  (registers the distributed.* config defaults)
-
-    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENVIRON}
-    saved = {name: os.environ.get(name) for name in WORKER_MALLOC_ENVIRON}
-    os.environ.update({name: str(value) for name, value in WORKER_MALLOC_ENVIRON.items()})
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _start_cluster(cfg: Config) -> Cluster:
     import logging
 
@@ -89,7 +50,7 @@ def _start_cluster(cfg: Config) -> Cluster:
     # The scheduler always serves HTTP (health, metrics). Port 0 takes a free
     # port, where None would mean 8787 and a warning when that is taken; the
     # host is explicit because distributed binds ":0" to every interface.
-    with _workers_ignore_sigint(), worker_malloc_settings():
+    with _workers_ignore_sigint():
         local = LocalCluster(
             n_workers=c.n_workers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
             processes=True, host=c.host, dashboard_address=c.dashboard_address or f"{_bracketed(c.host)}:0",
