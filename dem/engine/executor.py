@@ -253,7 +253,7 @@ class Executor:
         leaves = subtrees(len(parts), self.fan_in, self._depth(len(parts), threads, placement.data))
         return leaves, [None] * len(leaves)
 
-    def _tree(self, dsk: dict, token: str, fn: BlockFunction, shared: TaskRef, placement: Placement,
+    def _tree(self, dsk: dict, token: str, fn: BlockFunction, shared: Any, placement: Placement,
               parts: Sequence[int], reuse: bool, where_of: dict) -> Any:
         """Adds a fixed-shape sum of ``fn`` over ``parts`` (in order) to ``dsk``, all but the root
         addition; returns the keys the root adds (:class:`_Root`)."""
