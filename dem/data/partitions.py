@@ -89,6 +89,10 @@ class PartitionedData:
                 zip(self.x_refs, self.w_refs or none, self.y_refs or none, self.length_refs or none,
                     self.bounds)]
 
+    def rows_in(self, partitions: Any) -> int:
+        """Rows of the partitions numbered in ``partitions`` (each counted as often as it is listed)."""
+        return int(sum(self.bounds[p][1] - self.bounds[p][0] for p in partitions))
+
     def stored(self) -> bool:
         """Whether every partition is read from storage (Zarr) by the task that needs it."""
         return all(isinstance(r, ZarrRows) for src in self.sources() for r in src[:3] if r is not None)

@@ -341,8 +341,8 @@ class Executor:
         concurrently, each in order inside its task; what returns are the
         advanced steppers (copies, on a cluster).
         """
-        bounds = placement.data.bounds
-        total = max(1, placement.data.n_samples)
+        data = placement.data
+        total = max(1, data.n_samples)
 
         def build(dsk: dict, token: str, sh: TaskRef, where_of: dict) -> list:
             keys = []
@@ -350,7 +350,7 @@ class Executor:
                 node, key = f"dem-stepper-{token}-{n}", (f"dem-steps-{token}", n)
                 dsk[node] = DataNode(node, stepper)
                 sizes = tuple(len(b) for b in batches)
-                shares = tuple(sum(bounds[p][1] - bounds[p][0] for p in b) / total for b in batches)
+                shares = tuple(data.rows_in(b) / total for b in batches)
                 entries = [placement.entries[p] for b in batches for p in b]
                 dsk[key] = Task(key, tasks.run_steps, TaskRef(node), self.fan_in, sizes, shares, *entries,
                                 _data_producer=placement.streaming and not placement.graph)

@@ -228,5 +228,4 @@ def _share(passes: DataPasses, ev: Any) -> float:
     """The fraction of a pass an evaluation read."""
     if ev.partitions is None:
         return 1.0
-    bounds = passes.data.bounds
-    return sum(bounds[p][1] - bounds[p][0] for p in ev.partitions) / max(1, passes.n_samples)
+    return passes.data.rows_in(ev.partitions) / max(1, passes.n_samples)

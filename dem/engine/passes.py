@@ -59,8 +59,7 @@ class DataPasses:
         wanted: set[int] = set()
         for ev in evaluations:
             wanted.update(range(self.placement.n_partitions) if ev.partitions is None else ev.partitions)
-        rows = sum(b - a for i, (a, b) in enumerate(self.data.bounds) if i in wanted)
-        self.n_passes += rows / max(1, self.n_samples)
+        self.n_passes += self.data.rows_in(wanted) / max(1, self.n_samples)
         return self.executor.evaluate(evaluations, self.placement)
 
     @property
@@ -70,9 +69,8 @@ class DataPasses:
 
     def run_steps(self, segments: list[tuple[Any, list[tuple[int, ...]]]]) -> list[Any]:
         """Steppers advanced through their batches, one task each (see :meth:`Executor.run_steps`)."""
-        bounds = self.data.bounds
         # Each stepper reads its own partitions: no read is shared.
-        rows = sum(bounds[p][1] - bounds[p][0] for _, batches in segments for b in batches for p in b)
+        rows = self.data.rows_in(p for _, batches in segments for b in batches for p in b)
         self.n_passes += rows / max(1, self.n_samples)
         return self.executor.run_steps(segments, self.placement)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from dem.data.row_sources import ZarrRows, read_partitions, read_scattered
 from dem.data.record import Partition
@@ -96,20 +96,20 @@ def partitions(entries: Sequence[tuple], reuse: bool = False) -> Iterator[Partit
         i += 1
 
 
-def _applied(fn: BlockFunction, shared: Any, entries: Sequence[tuple], reuse: bool) -> Iterator[Any]:
-    for part in partitions(entries, reuse):
+def _applied(fn: BlockFunction, shared: Any, parts: Iterable[Partition]) -> Iterator[Any]:
+    for part in parts:
         maybe_crash("e-step")
         yield fn(shared, part)
 
 
 def run_subtree(fn: BlockFunction, shared: Any, fan_in: int, reuse: bool, *entries: tuple) -> Any:
     """``fn`` over a subtree's partitions, added with the fixed tree's shape inside it."""
-    return fold(_applied(fn, shared, entries, reuse), fan_in)
+    return fold(_applied(fn, shared, partitions(entries, reuse)), fan_in)
 
 
 def map_subtree(fn: BlockFunction, shared: Any, *entries: tuple) -> list:
     """``[fn(shared, part)]`` over consecutive partitions."""
-    return list(_applied(fn, shared, entries, False))
+    return list(_applied(fn, shared, partitions(entries)))
 
 
 def read_group(*entries: tuple) -> tuple:
@@ -129,15 +129,9 @@ def run_steps(stepper: Any, fan_in: int, sizes: tuple[int, ...], shares: tuple[f
     for parts, share in zip(_step_partitions(entries, sizes), shares):
         t0 = time.perf_counter()
         batch = Batch.of([stepper.next_evaluation()])
-        stats = fold(_evaluated(batch, parts), fan_in).members[0]
+        stats = fold(_applied(evaluate_partition, batch, parts), fan_in).members[0]
         stepper.receive(stats, time.perf_counter() - t0, int(stats.n_rows), share)
     return stepper
-
-
-def _evaluated(batch: Batch, parts: Sequence[Partition]) -> Iterator[StatsTuple]:
-    for part in parts:
-        maybe_crash("e-step")
-        yield evaluate_partition(batch, part)
 
 
 def _step_partitions(entries: Sequence[tuple], sizes: Sequence[int]) -> Iterator[list[Partition]]:
