@@ -20,6 +20,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from dem.data import zarr_direct
 from dem.data.record import Partition
 from dem.errors import DataError
 
@@ -88,6 +89,11 @@ class ZarrRows:
         A chunk that cannot be decoded is a :class:`DataError` naming it.
         """
         arr = _open_zarr_array(self.url, self.path, self.storage_options)
+        direct = _direct_layout(self.url, self.path, self.storage_options)
+        if direct is not None and stop > start:
+            rows = out if out is not None else np.empty((stop - start, *direct.row_shape), direct.dtype)
+            if zarr_direct.read_into(direct, start, stop, rows):
+                return rows
         try:
             if out is None:
                 return arr[start:stop]
@@ -144,6 +150,11 @@ def _open_zarr_array(url: str, path: str, storage_options: tuple) -> Any:
 
     group_or_array = zarr.open(store=url, mode="r", storage_options=dict(storage_options) or None)
     return group_or_array[path] if path else group_or_array
+
+
+@functools.lru_cache(maxsize=32)
+def _direct_layout(url: str, path: str, storage_options: tuple) -> zarr_direct.Layout | None:
+    return zarr_direct.layout(_open_zarr_array(url, path, storage_options))
 
 
 def _remote_client(array: Any) -> Any:
