@@ -111,6 +111,7 @@ class Placement:
     workers : per subtree, the worker holding its cached partitions (None: anywhere)
     streaming : whether tasks read their partitions from storage
     keep : futures of the cached groups (held so the cluster keeps them)
+    held : futures of the last pass's statistics, released once the next pass is submitted
     """
 
     entries: list[tuple]
@@ -120,6 +121,7 @@ class Placement:
     workers: list[str | None] | None = None
     streaming: bool = False
     keep: list = dataclasses.field(default_factory=list, repr=False)
+    held: list = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def n_partitions(self) -> int:
@@ -282,7 +284,16 @@ class Executor:
             level = nxt
         return _Root(tuple(level))
 
-    def _run(self, build: Callable[[dict, str, TaskRef, dict], list], shared: Any, placement: Placement) -> list:
+    def _run(self, build: Callable[[dict, str, TaskRef, dict], list], shared: Any, placement: Placement,
+             hold: bool = True) -> list:
+        """Run the pass ``build`` adds to a graph; its wanted values, roots added here.
+
+        With ``hold`` (small results: statistics, stepper states) the cluster
+        keeps this pass's results until the next pass has been submitted.
+        Releasing them is a message on the client's batched stream, which
+        holds a message sent within its interval (10 ms) of the last one: a
+        release sent just before the next pass's graph delayed its start.
+        """
         token = uuid.uuid4().hex
         shared_key = f"dem-shared-{token}"
         dsk: dict = {shared_key: DataNode(shared_key, shared)}
@@ -290,7 +301,9 @@ class Executor:
         wanted = build(dsk, token, TaskRef(shared_key), where_of)
         keys = [k for w in wanted for k in (w.parts if isinstance(w, _Root) else (w,))]
         if self.client is not None:
-            values = list(self.client.get(_annotated(dsk, where_of, placement.graph), keys, sync=True))
+            futures = self.client.get(_annotated(dsk, where_of, placement.graph), keys, sync=False)
+            placement.held = futures if hold else []
+            values = list(self.client.gather(futures))
         else:
             with single_blas_thread():
                 values = _local_get({**placement.graph, **dsk}, keys, self._threads())
@@ -323,7 +336,7 @@ class Executor:
                     where_of[key] = w
                 keys.append(key)
             return keys
-        return [r for chunk in self._run(build, shared, placement) for r in chunk]
+        return [r for chunk in self._run(build, shared, placement, hold=False) for r in chunk]
 
     def runs_steps(self, placement: Placement) -> bool:
         """Whether :meth:`run_steps` suits ``placement``: its tasks read their own

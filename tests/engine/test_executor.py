@@ -313,3 +313,50 @@ def test_numpy_rows_with_dask_targets_reach_the_tasks(blobs, cache):
     got = ex.map(lambda shared, part: (part.start, part.y.copy()), None, ex.place(data, cache=cache))
     for (a, b), (start, y) in zip(data.bounds, got):
         assert start == a and np.array_equal(y, np.arange(a, b) * 2)
+
+
+# -- a pass's results are released after the next pass is submitted --------------
+
+def _dem_passes(client, cached: set) -> set:
+    """The dem passes (key names without the index) whose results the scheduler holds, beyond ``cached``."""
+    def keys(dask_scheduler):
+        return [str(k) for k in dask_scheduler.tasks if "dem-" in str(k)]
+    return {k.rsplit(",", 1)[0] for k in set(client.run_on_scheduler(keys)) - cached}
+
+
+def _settled(client, cached: set, expected) -> set:
+    """The held passes once ``expected(passes)`` holds (releases are asynchronous), or after 10 s."""
+    deadline = time.monotonic() + 10
+    while not expected(now := _dem_passes(client, cached)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return now
+
+
+def test_a_pass_keeps_its_statistics_until_the_next_is_submitted(many, local_cluster_client):
+    # Releasing them before the next pass's graph made that graph wait on the
+    # client's batched stream; releasing them after must not leave them behind.
+    X, family, params = many
+    client = local_cluster_client
+    ex = Executor(client)
+    placed = ex.place(as_partitioned(X, partition_rows=500), cache=True)
+    cached = set(client.run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks]))
+    ex.evaluate([Evaluation(family, params)], placed)
+    time.sleep(0.5)  # a release goes out within the client stream's 10 ms interval
+    first = _dem_passes(client, cached)
+    assert len(first) == 1 and "dem-leaf-" in next(iter(first))
+    ex.evaluate([Evaluation(family, params)], placed)
+    second = _settled(client, cached, lambda now: not now & first)
+    assert len(second) == 1 and not second & first, (first, second)
+    # A map pass's results (as large as the data, for some) are not kept, and it releases the last pass's.
+    ex.map(lambda shared, part: np.asarray(part.X).sum(), None, placed)
+    assert _settled(client, cached, lambda now: not now) == set()
+
+
+def test_a_fit_on_a_cluster_leaves_none_of_its_keys_behind(blobs, local_cluster_client):
+    import gc
+
+    client = local_cluster_client
+    cached = set(client.run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks]))
+    _fit(blobs[0], client, cache=True)
+    gc.collect()
+    assert _settled(client, cached, lambda now: not now) == set()
