@@ -30,9 +30,12 @@ from dem.families.gaussian_packed import (
 )
 
 #: Bytes of the packed block ``G`` the block size aims at. Large enough that the
-#: dozen numpy calls per block cost little against the arithmetic, small enough
-#: that G stays in a core's cache between the two GEMMs that read it.
-BLOCK_BYTES = 1 << 20
+#: dozen numpy calls per block cost little against the arithmetic (the fixed cost
+#: per call weighs most on float32, whose arithmetic is the faster), small enough
+#: that G stays in the last-level cache between the two GEMMs that read it. The
+#: float32 products are summed over a block's rows in float32, so the block's rows
+#: also bound that sum's rounding (a test holds it to float32's promised accuracy).
+BLOCK_BYTES = 1 << 22
 
 
 def stack_block_rows(n_features: int, itemsize: int, n_stack: int) -> int:

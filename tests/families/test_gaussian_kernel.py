@@ -319,3 +319,27 @@ def test_a_component_collapsing_onto_a_point_gets_exact_moments():
     assert np.abs(stats.second_moment[1]).max() <= 1e-12 * nk[1]
     np.testing.assert_allclose(stats.second_moment[0], second[0], rtol=1e-10)
     np.testing.assert_allclose(stats.resp_sum, nk, rtol=1e-12)
+
+
+def test_float32_sums_over_many_full_blocks_keep_float32_accuracy():
+    # Within a block the float32 products are summed in float32, so larger blocks
+    # (fewer numpy calls per row) must not cost the accuracy dem holds float32 to.
+    from dem.families import gaussian_stack as gs
+
+    rng = np.random.default_rng(11)
+    D, K = 16, 4
+    rows = gs.stack_block_rows(D, 4, K)
+    n = 5 * rows + 17  # five full blocks and a short one
+    means = rng.normal(scale=4.0, size=(K, D)) + 50.0
+    X32 = (means[rng.integers(0, K, n)] + rng.normal(size=(n, D))).astype(np.float32)
+    X = X32.astype(np.float64)
+    weights = np.full(K, 1.0 / K)
+    cov = np.stack([np.eye(D) * (1.0 + 0.5 * k) for k in range(K)])
+    fam = GaussianMixtureFamily(K, "full")
+    stats = fam.e_step(fam.params_from(weights, means, covariances=cov), Partition(X32))
+    ll, nk, first, second = _direct(X, np.ones(n), weights, means, cov)
+    np.testing.assert_allclose(stats.resp_sum, nk, rtol=1e-5)
+    scale = nk[:, None, None] * np.diagonal(cov, axis1=1, axis2=2).min(axis=1)[:, None, None]
+    assert np.abs(stats.second_moment - second).max() / scale.max() < 1e-5
+    assert np.abs(stats.first_moment - first).max() / np.sqrt(scale.max() * nk.max()) < 1e-5
+    assert abs(stats.log_likelihood - ll) / n < 1e-5
