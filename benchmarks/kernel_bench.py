@@ -9,6 +9,9 @@ benchmarks.run --mode w1`` / ``--mode restarts``):
   on the workers, and scikit-learn from the same initial parameters. The
   limit of an iteration is ``4·N·K·D²`` flops at the summed rate of the
   two workers; ``fraction of limit = limit / dem's seconds per iteration``.
+  The float32 speed-up is also taken on the E-step tasks' busy time, and on
+  the kernel alone: one 16 MiB partition per dtype, timed in a fresh process
+  started as a worker is (float32 partitions hold twice the rows).
 * ``restarts``: per round, on a fresh cluster, ``n_init=1`` and
   ``n_init=R`` with the same initialisation method, seconds per iteration.
 
@@ -146,6 +149,63 @@ def _estep_busy(tasks: list[dict[str, Any]], iterations: int, workers: int) -> f
     return statistics.median(steady) / workers if steady else None
 
 
+#: Bytes of the partition the in-process kernel times (W1's: dem cuts partitions by bytes).
+KERNEL_PARTITION_BYTES = 16 * 2**20
+
+
+def _kernel_seconds_per_row(path: str, init_path: str, k: int, seconds: float) -> float:
+    """Median seconds per row of one E-step over a partition of ``path``'s first rows, in this
+    process on one BLAS thread: the kernel alone, without a cluster."""
+    import zarr
+    from threadpoolctl import threadpool_limits
+
+    import dem
+    from dem.data.record import Partition
+
+    arr = zarr.open_group(path, mode="r")["X"]
+    rows = KERNEL_PARTITION_BYTES // (arr.shape[1] * arr.dtype.itemsize)
+    X = np.ascontiguousarray(arr[:rows])
+    init = workloads.load_initial_parameters(init_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = dem.GaussianMixture(k, max_iter=1, tol=0.0, weights_init=init["weights"], means_init=init["means"],
+                                  precisions_init=init["precisions"]).fit(X[:20_000])
+    family, params = est._fitted_family(), est._fitted_params()
+    part = Partition(X, None, None, None, 0)
+    times = []
+    with threadpool_limits(1):
+        family.e_step(params, part)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or len(times) < 5:
+            t0 = time.perf_counter()
+            family.e_step(params, part)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) / rows
+
+
+def _kernel_speedup(spec: dict[str, Any], seconds: float = 3.0) -> float:
+    """float64 / float32 seconds per row of the E-step kernel, each in a fresh process started
+    as Dask's nanny starts a worker (``MALLOC_TRIM_THRESHOLD_=65536``)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    saved = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = "65536"
+    try:
+        per_row = {}
+        for dtype, path in (("float64", spec["path"]), ("float32", spec["path32"])):
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                per_row[dtype] = pool.submit(_kernel_seconds_per_row, path, spec["init"], spec["k"],
+                                             seconds).result()
+    finally:
+        if saved is None:
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        else:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = saved
+    return per_row["float64"] / per_row["float32"]
+
+
 def _sklearn_fit(spec: dict[str, Any], path: str, init_path: str) -> dict[str, Any]:
     return measure.sklearn_fit({**spec, "path": path, "init": init_path, "threads": spec.get("sklearn_threads", 2)})
 
@@ -176,14 +236,19 @@ def w1(spec: dict[str, Any]) -> dict[str, Any]:
         if d64.get("estep_busy_seconds_per_worker_iter"):
             row["estep_fraction_of_limit"] = limit / d64["estep_busy_seconds_per_worker_iter"]
         if "dem_float32" in row:
-            row["float32_speedup"] = d64["seconds_per_iter"] / row["dem_float32"]["seconds_per_iter"]
+            d32 = row["dem_float32"]
+            row["float32_speedup"] = d64["seconds_per_iter"] / d32["seconds_per_iter"]
+            if d64.get("estep_busy_seconds_per_worker_iter") and d32.get("estep_busy_seconds_per_worker_iter"):
+                row["estep_float32_speedup"] = (d64["estep_busy_seconds_per_worker_iter"]
+                                                / d32["estep_busy_seconds_per_worker_iter"])
+            row["kernel_float32_speedup"] = _kernel_speedup(spec)
         if row.get("sklearn", {}).get("seconds_per_iter"):
             row["sklearn_over_dem"] = row["sklearn"]["seconds_per_iter"] / d64["seconds_per_iter"]
         rounds.append(row)
     out: dict[str, Any] = {"rounds": rounds, "flops_per_iter": flops,
                            "worker_blas": rounds[0]["dem_float64"]["worker_blas"] if rounds else None}
-    for key in ("fraction_of_limit", "estep_fraction_of_limit", "float32_speedup", "sklearn_over_dem",
-                "limit_seconds"):
+    for key in ("fraction_of_limit", "estep_fraction_of_limit", "float32_speedup", "estep_float32_speedup",
+                "kernel_float32_speedup", "sklearn_over_dem", "limit_seconds"):
         out[key] = _spread([r.get(key) for r in rounds])
     for key in ("dem_float64", "dem_float32", "sklearn"):
         out[f"{key}_seconds_per_iter"] = _spread([r.get(key, {}).get("seconds_per_iter") for r in rounds])

@@ -151,6 +151,8 @@ def _kernel_sections(out: dict[str, Any]) -> list[str]:
             ["fraction of the limit, float64 (target >= 0.50)", _spread(r.get("fraction_of_limit"))],
             ["  the same against the E-step tasks' busy time per worker", _spread(r.get("estep_fraction_of_limit"))],
             ["float32 speed-up over float64 (target >= 1.8)", _spread(r.get("float32_speedup"))],
+            ["  the same, E-step tasks' busy time per worker", _spread(r.get("estep_float32_speedup"))],
+            ["  the same, the kernel alone in one process (per row)", _spread(r.get("kernel_float32_speedup"))],
             ["scikit-learn / dem float64", _spread(r.get("sklearn_over_dem"))],
         ]
         parts.append(_table(["figure", "median [min–max]"], body))
