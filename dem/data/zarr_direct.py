@@ -192,16 +192,25 @@ def _local_chunk(layout: Layout, i: int) -> Any:
 
 
 def _fetched_chunks(layout: Layout, chunks: range) -> list[Any]:
-    """The stored bytes of ``chunks`` from any store, fetched concurrently (None where absent)."""
+    """The stored bytes of ``chunks`` from any store, fetched concurrently (None where absent),
+    as many at a time as zarr's ``async.concurrency`` allows."""
     import asyncio
 
+    import zarr
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
     proto = default_buffer_prototype()
+    limit = int(zarr.config.get("async.concurrency", 10) or 10)
 
     async def fetch_all() -> list[Any]:
-        return await asyncio.gather(*(layout.store.get(layout.key(i), prototype=proto) for i in chunks))
+        gate = asyncio.Semaphore(limit)
+
+        async def fetch(i: int) -> Any:
+            async with gate:
+                return await layout.store.get(layout.key(i), prototype=proto)
+
+        return await asyncio.gather(*(fetch(i) for i in chunks))
 
     return [None if b is None else b.as_numpy_array() for b in sync(fetch_all())]
 
