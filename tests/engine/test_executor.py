@@ -317,11 +317,14 @@ def test_numpy_rows_with_dask_targets_reach_the_tasks(blobs, cache):
 
 # -- a pass's results are released after the next pass is submitted --------------
 
+def _scheduler_keys(client) -> set:
+    """Every key the scheduler knows, as text."""
+    return set(client.run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks]))
+
+
 def _dem_passes(client, cached: set) -> set:
     """The dem passes (key names without the index) whose results the scheduler holds, beyond ``cached``."""
-    def keys(dask_scheduler):
-        return [str(k) for k in dask_scheduler.tasks if "dem-" in str(k)]
-    return {k.rsplit(",", 1)[0] for k in set(client.run_on_scheduler(keys)) - cached}
+    return {k.rsplit(",", 1)[0] for k in _scheduler_keys(client) - cached if "dem-" in k}
 
 
 def _settled(client, cached: set, expected) -> set:
@@ -339,7 +342,7 @@ def test_a_pass_keeps_its_statistics_until_the_next_is_submitted(many, local_clu
     client = local_cluster_client
     ex = Executor(client)
     placed = ex.place(as_partitioned(X, partition_rows=500), cache=True)
-    cached = set(client.run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks]))
+    cached = _scheduler_keys(client)
     ex.evaluate([Evaluation(family, params)], placed)
     time.sleep(0.5)  # a release goes out within the client stream's 10 ms interval
     first = _dem_passes(client, cached)
@@ -356,7 +359,7 @@ def test_a_fit_on_a_cluster_leaves_none_of_its_keys_behind(blobs, local_cluster_
     import gc
 
     client = local_cluster_client
-    cached = set(client.run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks]))
+    cached = _scheduler_keys(client)
     _fit(blobs[0], client, cache=True)
     gc.collect()
     assert _settled(client, cached, lambda now: not now) == set()
