@@ -38,6 +38,7 @@ import numpy as np
 
 from dem.data.record import Partition
 from dem.data.row_random import row_uniforms
+from dem.families.block_buffers import reused
 from dem.errors import DataError
 
 COVARIANCE_TYPES: tuple[str, ...] = ("full", "tied", "diag", "spherical")
@@ -166,7 +167,9 @@ def workspaces(prep: Prepared, n: int, n_features: int) -> dict[int, Workspace]:
     sizes = {min(prep.rows, n)}
     if n % prep.rows and n > prep.rows:
         sizes.add(n % prep.rows)
-    return {m: Workspace(prep.n_components, n_features, m, prep.dtype) for m in sizes}
+    K, dtype = prep.n_components, prep.dtype
+    return {m: reused(("gaussian_kernel", K, n_features, m, dtype.str), lambda m=m: Workspace(K, n_features, m, dtype))
+            for m in sizes}
 
 
 def centred_block(prep: Prepared, X: Any, a: int, b: int, ws: Workspace | None = None) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 
 from dem.data.record import Partition
 from dem.families import gaussian_kernel as gk
+from dem.families.block_buffers import nbytes_of, reused
 from dem.families.gaussian_packed import (
     collapsed, packed_size, pack_block, second_moments_about_means, split_components,
 )
@@ -45,7 +46,7 @@ def stack_block_rows(n_features: int, itemsize: int, n_stack: int) -> int:
 
 
 class _Space:
-    """Buffers of one block size."""
+    """Buffers of one block size (kept per thread: :mod:`dem.families.block_buffers`)."""
 
     def __init__(self, n_columns: int, n_stack: int, n_expanded: int, n_whitened: int, n_features: int,
                  rows: int, dtype: np.dtype) -> None:
@@ -53,6 +54,7 @@ class _Space:
         self.LP = np.empty((n_stack, rows), dtype)
         self.S = np.empty((n_columns - 1, n_expanded), dtype)
         self.wh = gk.Workspace(n_whitened, n_features, rows, dtype) if n_whitened else None
+        self.nbytes = nbytes_of(self) + (nbytes_of(self.wh) if self.wh is not None else 0)
 
 
 def stacked_sums(comps_list: list[gk.Components], part: Partition, centre: np.ndarray, dtype: np.dtype, *,
@@ -96,7 +98,8 @@ def stacked_sums(comps_list: list[gk.Components], part: Partition, centre: np.nd
         m = min(rows, n - a)
         ws = spaces.get(m)
         if ws is None:
-            ws = spaces[m] = _Space(P + D + 1, R * K, ie.size, iw.size, D, m, dtype)
+            shape = (P + D + 1, R * K, ie.size, iw.size, D, m, np.dtype(dtype).str)
+            ws = spaces[m] = reused(("gaussian_stack",) + shape, lambda: _Space(*shape[:-1], dtype))
         G, LP = ws.G, ws.LP
         pack_block(np.ascontiguousarray(X[a:a + m], dtype=dtype), centre_w, G)
         XcT = G[P:P + D]
