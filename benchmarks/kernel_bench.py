@@ -9,9 +9,13 @@ benchmarks.run --mode w1`` / ``--mode restarts``):
   on the workers, and scikit-learn from the same initial parameters. The
   limit of an iteration is ``4·N·K·D²`` flops at the summed rate of the
   two workers; ``fraction of limit = limit / dem's seconds per iteration``.
-  The float32 speed-up is also taken on the E-step tasks' busy time, and on
-  the kernel alone: one 16 MiB partition per dtype, timed in a fresh process
-  started as a worker is (float32 partitions hold twice the rows).
+  dem cuts partitions by bytes, so its own float32 partitions of the same
+  data hold twice the rows: the float32 fit runs with the partition bytes of
+  the float64 fit (``partition_rows`` doubled; what a user who leaves
+  ``partition_rows`` to dem gets on W1), and again with the same rows
+  (twice the tasks per pass, each half as long). The float32 speed-up is
+  also taken on the E-step tasks' busy time, and on the kernel alone: one
+  16 MiB partition per dtype, timed in a fresh process started as a worker is.
 * ``restarts``: per round, on a fresh cluster, ``n_init=1`` and
   ``n_init=R`` with the same initialisation method, seconds per iteration.
 
@@ -226,7 +230,10 @@ def w1(spec: dict[str, Any]) -> dict[str, Any]:
         row: dict[str, Any] = {"round": r}
         row["dem_float64"] = _dem_fit(spec, spec["path"], init)
         if spec.get("path32"):
-            row["dem_float32"] = _dem_fit(spec, spec["path32"], init)
+            rows32 = spec.get("partition_rows")
+            row["dem_float32"] = _dem_fit({**spec, "partition_rows": rows32 and 2 * rows32}, spec["path32"], init)
+            if rows32:
+                row["dem_float32_same_rows"] = _dem_fit(spec, spec["path32"], init)
         if spec.get("sklearn", True):
             row["sklearn"] = _sklearn_fit(spec, spec["path"], spec["init"])
         d64 = row["dem_float64"]
@@ -241,6 +248,9 @@ def w1(spec: dict[str, Any]) -> dict[str, Any]:
             if d64.get("estep_busy_seconds_per_worker_iter") and d32.get("estep_busy_seconds_per_worker_iter"):
                 row["estep_float32_speedup"] = (d64["estep_busy_seconds_per_worker_iter"]
                                                 / d32["estep_busy_seconds_per_worker_iter"])
+            if "dem_float32_same_rows" in row:
+                row["float32_speedup_same_rows"] = (d64["seconds_per_iter"]
+                                                    / row["dem_float32_same_rows"]["seconds_per_iter"])
             row["kernel_float32_speedup"] = _kernel_speedup(spec)
         if row.get("sklearn", {}).get("seconds_per_iter"):
             row["sklearn_over_dem"] = row["sklearn"]["seconds_per_iter"] / d64["seconds_per_iter"]
@@ -248,9 +258,9 @@ def w1(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"rounds": rounds, "flops_per_iter": flops,
                            "worker_blas": rounds[0]["dem_float64"]["worker_blas"] if rounds else None}
     for key in ("fraction_of_limit", "estep_fraction_of_limit", "float32_speedup", "estep_float32_speedup",
-                "kernel_float32_speedup", "sklearn_over_dem", "limit_seconds"):
+                "float32_speedup_same_rows", "kernel_float32_speedup", "sklearn_over_dem", "limit_seconds"):
         out[key] = _spread([r.get(key) for r in rounds])
-    for key in ("dem_float64", "dem_float32", "sklearn"):
+    for key in ("dem_float64", "dem_float32", "dem_float32_same_rows", "sklearn"):
         out[f"{key}_seconds_per_iter"] = _spread([r.get(key, {}).get("seconds_per_iter") for r in rounds])
     out["workers_dgemm_gflops"] = _spread([r["dem_float64"]["workers_dgemm_gflops"] for r in rounds])
     lbs = [r["dem_float64"]["lower_bound"] for r in rounds]
