@@ -25,6 +25,7 @@ precision's digits); the other components take the whitened path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from typing import Any, Callable
 
@@ -34,6 +35,18 @@ import numpy as np
 def packed_size(n_features: int) -> int:
     """Number of distinct products ``x_i x_j`` (i ≤ j)."""
     return n_features * (n_features + 1) // 2
+
+
+@functools.lru_cache(maxsize=64)
+def upper_indices(n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.triu_indices(n_features)``, the packed order, made once per size (read-only).
+
+    Building them costs more than the rest of a small partition's E-step.
+    """
+    iu = np.triu_indices(n_features)
+    for a in iu:
+        a.setflags(write=False)
+    return iu
 
 
 def tolerance(dtype: np.dtype) -> float:
@@ -65,7 +78,7 @@ def expanded_coefficients(centred_means: np.ndarray, precisions_cholesky: np.nda
                           const: np.ndarray) -> np.ndarray:
     """(K, P + D + 1) float64 rows ``[−½Λ packed (off-diagonal doubled), Λμ, const − ½μᵀΛμ]``."""
     K, D = centred_means.shape
-    iu = np.triu_indices(D)
+    iu = upper_indices(D)
     prec = np.einsum("kij,klj->kil", precisions_cholesky, precisions_cholesky)
     quad = prec[:, iu[0], iu[1]] * np.where(iu[0] == iu[1], -0.5, -1.0)
     lin = np.einsum("kij,kj->ki", prec, centred_means)
@@ -83,7 +96,7 @@ def second_moments_about_means(packed: np.ndarray, first: np.ndarray, resp_sum: 
     μ)ᵀ`` (K, D, D) with ``μ = m − c``.
     """
     K, D = centred_means.shape
-    iu = np.triu_indices(D)
+    iu = upper_indices(D)
     S = np.empty((K, D, D))
     S[:, iu[0], iu[1]] = packed.T
     S[:, iu[1], iu[0]] = packed.T
@@ -105,7 +118,7 @@ def collapsed(packed: np.ndarray, second: np.ndarray, dtype: np.dtype) -> np.nda
     fails when ``eps·Σ r ‖x − c‖² > √eps · λ_min(second)``.
     """
     D = second.shape[-1]
-    iu = np.triu_indices(D)
+    iu = upper_indices(D)
     spread_c = packed[iu[0] == iu[1]].sum(axis=0)  # Σ r ‖x − c‖²
     lam = np.linalg.eigvalsh(second)[:, 0]
     return (spread_c > 0) & (np.finfo(dtype).eps * spread_c > tolerance(dtype) * np.maximum(lam, 0.0))
