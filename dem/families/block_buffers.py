@@ -20,8 +20,10 @@ from typing import Callable, Hashable, TypeVar
 
 import numpy as np
 
-#: Most bytes of buffers one thread keeps between calls.
-KEEP_BYTES = 64 * 2**20
+#: Most bytes of buffers one thread keeps between calls: a few blocks' worth
+#: (a block aims at 4 MiB). Larger sets come with partitions whose arithmetic
+#: dwarfs their page faults, and kept memory is outside Dask's accounting.
+KEEP_BYTES = 16 * 2**20
 #: Most buffer sets one thread keeps between calls.
 KEEP_COUNT = 4
 
