@@ -28,6 +28,7 @@ from dem.data.row_sources import ZarrRows, read_partitions, read_scattered
 from dem.data.record import Partition
 from dem.engine.faults import maybe_crash
 from dem.engine.fusion import fold
+from dem.engine.heap import task_heap
 from dem.families.base import StatsTuple
 
 BlockFunction = Callable[[Any, Partition], Any]
@@ -104,12 +105,14 @@ def _applied(fn: BlockFunction, shared: Any, parts: Iterable[Partition]) -> Iter
 
 def run_subtree(fn: BlockFunction, shared: Any, fan_in: int, reuse: bool, *entries: tuple) -> Any:
     """``fn`` over a subtree's partitions, added with the fixed tree's shape inside it."""
-    return fold(_applied(fn, shared, partitions(entries, reuse)), fan_in)
+    with task_heap():
+        return fold(_applied(fn, shared, partitions(entries, reuse)), fan_in)
 
 
 def map_subtree(fn: BlockFunction, shared: Any, *entries: tuple) -> list:
     """``[fn(shared, part)]`` over consecutive partitions."""
-    return list(_applied(fn, shared, partitions(entries)))
+    with task_heap():
+        return list(_applied(fn, shared, partitions(entries)))
 
 
 def read_group(*entries: tuple) -> tuple:
@@ -126,11 +129,12 @@ def run_steps(stepper: Any, fan_in: int, sizes: tuple[int, ...], shares: tuple[f
     ``stepper.receive(stats, seconds, n_rows, shares[s])``, the call the
     engine loop would make on the driver.
     """
-    for parts, share in zip(_step_partitions(entries, sizes), shares):
-        t0 = time.perf_counter()
-        batch = Batch.of([stepper.next_evaluation()])
-        stats = fold(_applied(evaluate_partition, batch, parts), fan_in).members[0]
-        stepper.receive(stats, time.perf_counter() - t0, int(stats.n_rows), share)
+    with task_heap():
+        for parts, share in zip(_step_partitions(entries, sizes), shares):
+            t0 = time.perf_counter()
+            batch = Batch.of([stepper.next_evaluation()])
+            stats = fold(_applied(evaluate_partition, batch, parts), fan_in).members[0]
+            stepper.receive(stats, time.perf_counter() - t0, int(stats.n_rows), share)
     return stepper
 
 
