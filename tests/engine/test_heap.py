@@ -43,7 +43,10 @@ def libc(monkeypatch):
     return recorder
 
 
-RAISE = [("mallopt", heap.M_MMAP_THRESHOLD, heap.MMAP_THRESHOLD), ("mallopt", heap.M_TRIM_THRESHOLD, heap.TRIM_THRESHOLD)]
+RAISE = [
+    ("mallopt", heap.M_MMAP_THRESHOLD, heap.MMAP_THRESHOLD),
+    ("mallopt", heap.M_TRIM_THRESHOLD, heap.TRIM_THRESHOLD),
+]
 
 
 def test_the_first_task_raises_the_thresholds_and_the_last_puts_the_started_values_back(libc):
