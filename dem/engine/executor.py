@@ -11,7 +11,8 @@ Dask. The executor runs three kinds of pass over the partitions of a
 * :meth:`Executor.map` — ``[fn(shared, part)]`` in partition order.
 
 Each pass is one low-level graph of task specs built directly: the shared
-value (parameters) is one node every task depends on; each task runs a
+value (parameters) travels inside each task's spec when it is small, and is
+otherwise one node every task depends on; each task runs a
 whole subtree of the fixed reduction tree (:mod:`dem.engine.fusion`), so the
 bits do not change while the number of tasks falls by ``fan_in ** depth``.
 Cached partitions are grouped by those subtrees on the worker that will run
