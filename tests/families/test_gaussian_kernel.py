@@ -343,3 +343,34 @@ def test_float32_sums_over_many_full_blocks_keep_float32_accuracy():
     assert np.abs(stats.second_moment - second).max() / scale.max() < 1e-5
     assert np.abs(stats.first_moment - first).max() / np.sqrt(scale.max() * nk.max()) < 1e-5
     assert abs(stats.log_likelihood - ll) / n < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("members", [None, 3])
+def test_far_terms_become_exact_zeros_and_nothing_subnormal(dtype, members):
+    # Log-ratios spread from 0 to far past where exp underflows in either
+    # precision: a subnormal responsibility costs a microcode assist per
+    # element on Intel CPUs (in exp and in the moments' GEMM).
+    rng = np.random.default_rng(0)
+    K, rows = 8, 3_000
+    shape = (K, rows) if members is None else (members, K, rows)  # the whitened and the stacked layouts
+    axis = len(shape) - 2
+    lp64 = -rng.uniform(0.0, 900.0, size=shape) + rng.normal(size=rows) * 50
+    top = np.expand_dims(rng.integers(0, K, shape[:axis] + (rows,)), axis)
+    np.put_along_axis(lp64, top, np.take_along_axis(lp64, top, axis) + 900.0, axis)
+    lp = lp64.astype(dtype)
+    ref = lp.astype(np.float64)
+    shifted = (lp - lp.max(axis=axis, keepdims=True)).astype(np.float64)  # as rounded in the working precision
+    lse, total = gk.exp_normalised(lp, 1.0, axis=axis)
+
+    tiny, eps = np.finfo(dtype).tiny, np.finfo(dtype).eps
+    floor = np.log(tiny) + np.log(K) + 24 * np.log(2.0)
+    assert (shifted < floor - 1e-3).sum() > 1000 and (shifted > floor + 1e-3).sum() > 1000
+    # Below the floor, exact zeros; above it, exp to within the floor's value and exp's rounding.
+    assert np.all(lp[shifted < floor - 1e-3] == 0.0)
+    kept = shifted > floor + 1e-3
+    np.testing.assert_allclose(lp[kept], np.exp(shifted[kept]), rtol=4 * eps, atol=2 * np.exp(floor))
+    resp = lp / np.expand_dims(total, axis)
+    for what in (lp, resp):
+        assert not np.any((what != 0) & (np.abs(what) < tiny)), "a subnormal number survived"
+    np.testing.assert_allclose(lse, logsumexp(ref, axis=axis), rtol=0, atol=K * eps)
